@@ -1,0 +1,42 @@
+"""gunicorn settings, read from the service's own settings."""
+
+import multiprocessing
+import sys
+
+from pighand_token.config import load_settings
+from pighand_token.errors import SettingsError
+
+try:
+    _settings = load_settings()
+except SettingsError as exc:
+    print(f"pighand-token: bad setting: {exc.message}", file=sys.stderr)
+    sys.exit(2)
+
+bind = [f"{_settings.host}:{_settings.port}"]
+workers = _settings.workers or min(2 * multiprocessing.cpu_count() + 1, 8)
+# Threaded workers: a slow platform call blocks one thread, not a worker,
+# and keep-alive saves a TCP handshake per request.
+worker_class = "gthread"
+threads = _settings.threads or 4
+keepalive = 5
+# Longer than the slowest refresh (retries included) so no request is cut.
+timeout = max(30, int(_settings.upstream_timeout * 4 + 10))
+graceful_timeout = 10
+accesslog = None
+errorlog = "-"
+loglevel = _settings.log_level
+wsgi_app = "wsgi:app"
+
+
+def post_worker_init(worker):
+    from pighand_token.app import start_scheduler
+
+    start_scheduler(worker.wsgi)
+
+
+def worker_exit(server, worker):
+    from pighand_token.app import stop_scheduler
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None and hasattr(app, "extensions"):
+        stop_scheduler(app)

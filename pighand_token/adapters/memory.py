@@ -1,0 +1,109 @@
+"""In-process adapters: the per-worker token cache, and the in-memory
+credential repository and locks the unit tests (and nothing else) use."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from ..domain import Credential, Token, TokenKey
+from ..errors import Conflict
+from ..ports import Clock
+
+
+class MemoryTokenStore:
+    """Per-worker cache. An entry is served for at most ``ttl_s`` after it was
+    stored here, so a token replaced on another worker stops being served
+    from this one within that time."""
+
+    name = "memory"
+    shared = False
+
+    def __init__(self, clock: Clock, ttl_s: float) -> None:
+        self._clock = clock
+        self._ttl_s = ttl_s
+        self._entries: dict[TokenKey, tuple[Token, float]] = {}
+        self._mutex = threading.Lock()
+
+    def get(self, key: TokenKey) -> Token | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        token, stored_at = entry
+        if self._clock() - stored_at >= self._ttl_s:
+            return None
+        return token
+
+    def put(self, key: TokenKey, token: Token) -> bool:
+        if self._ttl_s <= 0:
+            return False
+        with self._mutex:
+            current = self._entries.get(key)
+            if current is not None and current[0].fetched_at > token.fetched_at:
+                return False
+            self._entries[key] = (token, self._clock())
+            return True
+
+    def delete(self, key: TokenKey) -> None:
+        with self._mutex:
+            self._entries.pop(key, None)
+
+
+class MemoryCredentialRepository:
+    def __init__(self, credentials: Iterable[Credential] = ()) -> None:
+        self._rows = {(c.platform, c.appid): c for c in credentials}
+        self._mutex = threading.Lock()
+
+    def get(self, platform: str, appid: str) -> Credential | None:
+        return self._rows.get((platform, appid))
+
+    def list(self) -> list[Credential]:
+        return sorted(self._rows.values(), key=lambda c: (c.platform, c.appid))
+
+    def add(self, credential: Credential, *, update: bool = False) -> None:
+        self.add_many([credential], update=update)
+
+    def add_many(self, credentials: Iterable[Credential], *, update: bool = False) -> int:
+        batch = list(credentials)
+        with self._mutex:
+            if not update:
+                for c in batch:
+                    if (c.platform, c.appid) in self._rows:
+                        raise Conflict(f"{c.platform} appid {c.appid!r} already exists")
+            for c in batch:
+                self._rows[(c.platform, c.appid)] = c
+        return len(batch)
+
+    def remove(self, platform: str, appid: str) -> bool:
+        with self._mutex:
+            return self._rows.pop((platform, appid), None) is not None
+
+
+class MemoryLocks:
+    """Locks within one process; for the unit tests of the service."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._locks: dict[str, threading.Lock] = {}
+        self._leases: dict[str, float] = {}
+        self._mutex = threading.Lock()
+
+    @contextmanager
+    def hold(self, name: str, *, lease_s: float, wait_s: float) -> Iterator[bool]:
+        with self._mutex:
+            lock = self._locks.setdefault(name, threading.Lock())
+        acquired = lock.acquire(timeout=wait_s)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                lock.release()
+
+    def claim(self, name: str, *, lease_s: float) -> bool:
+        with self._mutex:
+            now = self._clock()
+            if self._leases.get(name, 0.0) > now:
+                return False
+            self._leases[name] = now + lease_s
+            return True

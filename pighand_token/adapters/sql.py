@@ -1,0 +1,452 @@
+"""SQL adapters for MySQL (pymysql) and the embedded SQLite default.
+
+Both dialects share the queries below; the few places they differ (upsert
+syntax, placeholders, named locks) are in :class:`Dialect`. A connection is
+opened per thread on first use (pymysql and sqlite3 connections are not
+thread-safe), never at import time, and the tables are created on the first
+connection a process makes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pymysql
+
+from ..domain import Credential, Token, TokenKey
+from ..errors import Conflict, Unavailable
+from ..ports import Clock
+
+log = logging.getLogger(__name__)
+
+ER_BAD_DB_ERROR = 1049  # MySQL: unknown database
+
+# Table `platform` keeps the original service's name and columns, so rows an
+# existing deployment already has are read unchanged.
+SCHEMA = {
+    "mysql": [
+        """CREATE TABLE IF NOT EXISTS platform (
+            id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            platform VARCHAR(32) NOT NULL,
+            appid VARCHAR(128) NOT NULL,
+            secret TEXT NOT NULL,
+            created_at DATETIME NULL DEFAULT CURRENT_TIMESTAMP,
+            updated_at DATETIME NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
+            UNIQUE KEY uq_platform_appid (platform, appid)
+        ) DEFAULT CHARSET=utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS token (
+            platform VARCHAR(32) NOT NULL,
+            appid VARCHAR(128) NOT NULL,
+            value TEXT NOT NULL,
+            expires_at DOUBLE NOT NULL,
+            fetched_at DOUBLE NOT NULL,
+            PRIMARY KEY (platform, appid)
+        ) DEFAULT CHARSET=utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS pighand_lock (
+            name VARCHAR(191) NOT NULL PRIMARY KEY,
+            owner VARCHAR(64) NOT NULL,
+            expires_at DOUBLE NOT NULL
+        ) DEFAULT CHARSET=utf8mb4""",
+    ],
+    "sqlite": [
+        """CREATE TABLE IF NOT EXISTS platform (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            platform TEXT NOT NULL,
+            appid TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            created_at TEXT DEFAULT CURRENT_TIMESTAMP,
+            updated_at TEXT DEFAULT CURRENT_TIMESTAMP,
+            UNIQUE (platform, appid)
+        )""",
+        """CREATE TABLE IF NOT EXISTS token (
+            platform TEXT NOT NULL,
+            appid TEXT NOT NULL,
+            value TEXT NOT NULL,
+            expires_at REAL NOT NULL,
+            fetched_at REAL NOT NULL,
+            PRIMARY KEY (platform, appid)
+        )""",
+        """CREATE TABLE IF NOT EXISTS pighand_lock (
+            name TEXT NOT NULL PRIMARY KEY,
+            owner TEXT NOT NULL,
+            expires_at REAL NOT NULL
+        )""",
+    ],
+}
+
+# Columns an older `platform` table may lack; added by `db init`.
+TIMESTAMP_COLUMNS = {
+    "mysql": {
+        "created_at": "DATETIME NULL DEFAULT CURRENT_TIMESTAMP",
+        "updated_at": "DATETIME NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP",
+    },
+    "sqlite": {"created_at": "TEXT", "updated_at": "TEXT"},
+}
+
+
+@dataclass(frozen=True)
+class MySQLParams:
+    host: str
+    port: int
+    user: str
+    password: str = ""
+    database: str = "pighand_token"
+    connect_timeout: float = 3.0
+    log_statements: bool = False
+
+
+class Database:
+    """A per-thread connection to MySQL or SQLite, with the schema ensured."""
+
+    def __init__(self, *, sqlite_path: str | None = None, mysql: MySQLParams | None = None) -> None:
+        if (sqlite_path is None) == (mysql is None):
+            raise ValueError("give exactly one of sqlite_path or mysql")
+        self.dialect = "mysql" if mysql else "sqlite"
+        self._sqlite_path = sqlite_path
+        self._mysql = mysql
+        self._local = threading.local()
+        self._schema_ready = False
+        self._schema_mutex = threading.Lock()
+
+    @property
+    def description(self) -> str:
+        if self._mysql:
+            return f"MySQL {self._mysql.host}:{self._mysql.port}/{self._mysql.database}"
+        return f"SQLite {self._sqlite_path}"
+
+    # -- connections -------------------------------------------------------
+    def _connect(self) -> Any:
+        if self._mysql:
+            p = self._mysql
+            options: dict[str, Any] = dict(
+                host=p.host, port=p.port, user=p.user, password=p.password, autocommit=True,
+                charset="utf8mb4", connect_timeout=p.connect_timeout, read_timeout=30, write_timeout=30,
+            )
+            try:
+                try:
+                    return pymysql.connect(database=p.database, **options)
+                except pymysql.OperationalError as exc:
+                    if exc.args[0] != ER_BAD_DB_ERROR:
+                        raise
+                # First start against a fresh server: create the database.
+                bare = pymysql.connect(**options)
+                with bare.cursor() as cur:
+                    cur.execute(f"CREATE DATABASE IF NOT EXISTS `{p.database}` CHARACTER SET utf8mb4")
+                bare.close()
+                return pymysql.connect(database=p.database, **options)
+            except pymysql.MySQLError as exc:
+                raise Unavailable(f"cannot connect to {self.description}: {_mysql_reason(exc)}") from None
+        assert self._sqlite_path is not None
+        path = Path(self._sqlite_path)
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(str(path), timeout=15, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=15000")
+        except sqlite3.Error as exc:
+            raise Unavailable(f"cannot open {self.description}: {exc}") from None
+        _owner_only(str(path))
+        return conn
+
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            if not self._schema_ready:
+                self._create_schema(conn)
+        return conn
+
+    def _drop_conn(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - the connection is already broken
+                pass
+
+    def _create_schema(self, conn: Any) -> None:
+        with self._schema_mutex:
+            if self._schema_ready:
+                return
+            cur = conn.cursor()
+            for statement in SCHEMA[self.dialect]:
+                cur.execute(statement)
+            self._schema_ready = True
+
+    def close(self) -> None:
+        self._drop_conn()
+
+    # -- statements --------------------------------------------------------
+    def _sql(self, statement: str) -> str:
+        # Queries are written with '?' placeholders; pymysql wants '%s'.
+        return statement.replace("?", "%s") if self.dialect == "mysql" else statement
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> tuple[list[tuple[Any, ...]], int]:
+        """Run one statement; return (rows, rowcount). Retries once on a
+        dropped connection (MySQL closes idle ones), else Unavailable."""
+        sql = self._sql(statement)
+        if self._mysql and self._mysql.log_statements:
+            log.info("sql: %s", sql)
+        for attempt in (1, 2):
+            try:
+                cur = self._conn().cursor()
+                cur.execute(sql, tuple(params))
+                rows = list(cur.fetchall()) if cur.description else []
+                return rows, cur.rowcount
+            except (pymysql.OperationalError, pymysql.InterfaceError) as exc:
+                self._drop_conn()
+                if attempt == 2:
+                    raise Unavailable(f"{self.description} unavailable: {_mysql_reason(exc)}") from None
+            except sqlite3.OperationalError as exc:
+                raise Unavailable(f"{self.description} unavailable: {exc}") from None
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All statements inside commit together or not at all."""
+        try:
+            conn = self._conn()
+            if self.dialect == "sqlite":
+                conn.execute("BEGIN IMMEDIATE")
+            else:
+                conn.begin()
+        except (pymysql.MySQLError, sqlite3.Error) as exc:
+            self._drop_conn()
+            raise Unavailable(f"{self.description} unavailable: {exc}") from None
+        try:
+            yield
+        except BaseException:
+            try:
+                conn.rollback()
+            except (pymysql.MySQLError, sqlite3.Error):
+                self._drop_conn()
+            raise
+        else:
+            conn.commit()
+
+    def init_schema(self) -> list[str]:
+        """Create missing tables and add timestamp columns an older
+        `platform` table lacks. Idempotent. Returns what it changed."""
+        self._conn()
+        changed: list[str] = []
+        existing = self._columns("platform")
+        for column, ddl in TIMESTAMP_COLUMNS[self.dialect].items():
+            if column not in existing:
+                self.execute(f"ALTER TABLE platform ADD COLUMN {column} {ddl}")
+                changed.append(f"platform.{column}")
+        return changed
+
+    def _columns(self, table: str) -> set[str]:
+        if self.dialect == "sqlite":
+            rows, _ = self.execute(f"PRAGMA table_info({table})")
+            return {r[1] for r in rows}
+        rows, _ = self.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?",
+            (table,),
+        )
+        return {r[0].lower() for r in rows}
+
+    def ping(self) -> None:
+        self.execute("SELECT 1")
+
+
+def _mysql_reason(exc: BaseException) -> str:
+    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
+    if len(args) >= 2:
+        return f"({args[0]}) {args[1]}"
+    return str(exc) or type(exc).__name__
+
+
+def _now_text() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+
+
+class SqlCredentialRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def get(self, platform: str, appid: str) -> Credential | None:
+        rows, _ = self._db.execute(
+            "SELECT platform, appid, secret FROM platform WHERE platform = ? AND appid = ?", (platform, appid)
+        )
+        return Credential(*rows[0]) if rows else None
+
+    def list(self) -> list[Credential]:
+        rows, _ = self._db.execute("SELECT platform, appid, secret FROM platform ORDER BY platform, appid")
+        return [Credential(*r) for r in rows]
+
+    def add(self, credential: Credential, *, update: bool = False) -> None:
+        self.add_many([credential], update=update)
+
+    def add_many(self, credentials: Iterable[Credential], *, update: bool = False) -> int:
+        batch = list(credentials)
+        now = _now_text()
+        with self._db.transaction():
+            for c in batch:
+                rows, _ = self._db.execute(
+                    "SELECT 1 FROM platform WHERE platform = ? AND appid = ?", (c.platform, c.appid)
+                )
+                if rows and not update:
+                    raise Conflict(f"{c.platform} appid {c.appid!r} already exists (use --update to replace it)")
+                if rows:
+                    self._db.execute(
+                        "UPDATE platform SET secret = ?, updated_at = ? WHERE platform = ? AND appid = ?",
+                        (c.secret, now, c.platform, c.appid),
+                    )
+                else:
+                    self._db.execute(
+                        "INSERT INTO platform (platform, appid, secret, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                        (c.platform, c.appid, c.secret, now, now),
+                    )
+        return len(batch)
+
+    def remove(self, platform: str, appid: str) -> bool:
+        _, count = self._db.execute("DELETE FROM platform WHERE platform = ? AND appid = ?", (platform, appid))
+        return count > 0
+
+    def timestamps(self) -> dict[tuple[str, str], tuple[Any, Any]]:
+        rows, _ = self._db.execute("SELECT platform, appid, created_at, updated_at FROM platform")
+        return {(r[0], r[1]): (r[2], r[3]) for r in rows}
+
+
+class SqlTokenStore:
+    name = "sql"
+    shared = True
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def get(self, key: TokenKey) -> Token | None:
+        rows, _ = self._db.execute(
+            "SELECT value, expires_at, fetched_at FROM token WHERE platform = ? AND appid = ?",
+            (key.platform, key.appid),
+        )
+        if not rows:
+            return None
+        value, expires_at, fetched_at = rows[0]
+        return Token(value=value, expires_at=float(expires_at), fetched_at=float(fetched_at))
+
+    def put(self, key: TokenKey, token: Token) -> bool:
+        params = (key.platform, key.appid, token.value, token.expires_at, token.fetched_at)
+        if self._db.dialect == "sqlite":
+            _, count = self._db.execute(
+                "INSERT INTO token (platform, appid, value, expires_at, fetched_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (platform, appid) DO UPDATE SET value = excluded.value, "
+                "expires_at = excluded.expires_at, fetched_at = excluded.fetched_at "
+                "WHERE excluded.fetched_at > token.fetched_at",
+                params,
+            )
+            return count > 0
+        # MySQL applies the assignments left to right, so fetched_at goes last:
+        # the earlier comparisons must still see the stored value.
+        _, count = self._db.execute(
+            "INSERT INTO token (platform, appid, value, expires_at, fetched_at) VALUES (?, ?, ?, ?, ?) "
+            "ON DUPLICATE KEY UPDATE "
+            "value = IF(VALUES(fetched_at) > fetched_at, VALUES(value), value), "
+            "expires_at = IF(VALUES(fetched_at) > fetched_at, VALUES(expires_at), expires_at), "
+            "fetched_at = GREATEST(fetched_at, VALUES(fetched_at))",
+            params,
+        )
+        return count > 0
+
+    def delete(self, key: TokenKey) -> None:
+        self._db.execute("DELETE FROM token WHERE platform = ? AND appid = ?", (key.platform, key.appid))
+
+
+class SqlLocks:
+    """Cross-process locks kept in the SQL store (used when there is no Redis).
+
+    MySQL: ``GET_LOCK``, which the server frees the moment the holder's
+    connection dies, so a killed worker never blocks the others. SQLite: a
+    lease row in ``pighand_lock`` taken with a conditional upsert; a crashed
+    holder's row is taken over once its lease has run out.
+    """
+
+    POLL_S = 0.02
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    @contextmanager
+    def hold(self, name: str, *, lease_s: float, wait_s: float) -> Iterator[bool]:
+        if self._db.dialect == "mysql":
+            lock_name = _mysql_lock_name(name)
+            rows, _ = self._db.execute("SELECT GET_LOCK(?, ?)", (lock_name, max(0.0, wait_s)))
+            acquired = bool(rows and rows[0][0] == 1)
+            try:
+                yield acquired
+            finally:
+                if acquired:
+                    try:
+                        self._db.execute("SELECT RELEASE_LOCK(?)", (lock_name,))
+                    except Unavailable:
+                        # The connection is gone, and with it the lock.
+                        pass
+            return
+        owner = uuid.uuid4().hex
+        deadline = time.monotonic() + wait_s
+        acquired = self._try_lease(name, owner, lease_s)
+        while not acquired and time.monotonic() < deadline:
+            time.sleep(self.POLL_S)
+            acquired = self._try_lease(name, owner, lease_s)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                self._db.execute("DELETE FROM pighand_lock WHERE name = ? AND owner = ?", (name, owner))
+
+    def claim(self, name: str, *, lease_s: float) -> bool:
+        return self._try_lease(name, uuid.uuid4().hex, lease_s)
+
+    def _try_lease(self, name: str, owner: str, lease_s: float) -> bool:
+        now = self._clock()
+        expires_at = now + lease_s
+        if self._db.dialect == "sqlite":
+            _, count = self._db.execute(
+                "INSERT INTO pighand_lock (name, owner, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
+                "WHERE pighand_lock.expires_at <= ?",
+                (name, owner, expires_at, now),
+            )
+            return count > 0
+        # owner is assigned before expires_at, so both conditions see the old row.
+        self._db.execute(
+            "INSERT INTO pighand_lock (name, owner, expires_at) VALUES (?, ?, ?) "
+            "ON DUPLICATE KEY UPDATE owner = IF(expires_at <= ?, VALUES(owner), owner), "
+            "expires_at = IF(owner = VALUES(owner), VALUES(expires_at), expires_at)",
+            (name, owner, expires_at, now),
+        )
+        rows, _ = self._db.execute("SELECT owner FROM pighand_lock WHERE name = ?", (name,))
+        return bool(rows and rows[0][0] == owner)
+
+
+def _mysql_lock_name(name: str) -> str:
+    # GET_LOCK names are limited to 64 characters.
+    full = f"pighand:{name}"
+    if len(full) <= 64:
+        return full
+    return "pighand:" + hashlib.sha256(name.encode()).hexdigest()[:48]
+
+
+def _owner_only(path: str) -> None:
+    """The SQLite file holds secrets: keep it readable by its owner only."""
+    if path != ":memory:" and os.path.exists(path):
+        try:
+            os.chmod(path, 0o600)
+        except OSError:
+            pass

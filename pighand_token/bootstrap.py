@@ -1,0 +1,93 @@
+"""The one place that turns settings into concrete adapters.
+
+Nothing here connects: clients and connections open on first use.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import requests
+
+from .adapters import redis as redis_adapters
+from .adapters.memory import MemoryTokenStore
+from .adapters.sql import Database, MySQLParams, SqlCredentialRepository, SqlLocks, SqlTokenStore
+from .config import Settings
+from .errors import SettingsError
+from .ports import Clock, Locks, TokenStore
+from .providers import REGISTRY
+from .service import Policy, TokenService
+
+
+@dataclass
+class Container:
+    settings: Settings
+    db: Database
+    credentials: SqlCredentialRepository
+    stores: list[TokenStore]
+    locks: Locks
+    service: TokenService
+    http: requests.Session
+
+
+def build_database(settings: Settings) -> Database:
+    if settings.uses_mysql:
+        if not re.fullmatch(r"[A-Za-z0-9_$]{1,64}", settings.mysql_database):
+            raise SettingsError(
+                f"mysql_database={settings.mysql_database!r} is invalid: allowed values are 1-64 of A-Z a-z 0-9 _ $"
+            )
+        return Database(mysql=MySQLParams(
+            host=settings.mysql_host, port=settings.mysql_port, user=settings.mysql_username,
+            password=settings.mysql_password, database=settings.mysql_database,
+            connect_timeout=min(settings.upstream_timeout, 5.0), log_statements=settings.mysql_log,
+        ))
+    return Database(sqlite_path=settings.sqlite_path)
+
+
+def provider_options(settings: Settings, platform: str) -> tuple[str, dict[str, object]]:
+    """Base URL and options for one platform's provider."""
+    if platform == "wechat":
+        return settings.wechat_api_base, {"token_mode": settings.wechat_token_mode}
+    raise SettingsError(f"no settings for platform {platform!r}")
+
+
+def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
+    db = build_database(settings)
+    credentials = SqlCredentialRepository(db)
+    memory = MemoryTokenStore(clock, settings.local_cache_ttl)
+    sql = SqlTokenStore(db)
+
+    stores: list[TokenStore]
+    locks: Locks
+    if settings.uses_redis:
+        client = redis_adapters.connect(
+            host=settings.redis_host, port=settings.redis_port, password=settings.redis_pwd,
+            db=settings.redis_db, timeout_s=min(settings.upstream_timeout, 2.0),
+        )
+        redis_store = redis_adapters.RedisTokenStore(
+            client, clock=clock, margin_s=settings.corn_interval, key_prefix=settings.redis_key_prefix,
+        )
+        # save_model auto: Redis + in-process; all: every tier.
+        stores = [redis_store, memory]
+        if settings.save_model == "all":
+            stores.append(sql)
+        locks = redis_adapters.RedisLocks(client, key_prefix=settings.redis_key_prefix)
+    else:
+        stores = [memory, sql]
+        locks = SqlLocks(db, clock)
+
+    http = requests.Session()
+    http.headers["User-Agent"] = "pighand-token"
+    providers = {}
+    for platform, cls in REGISTRY.items():
+        base_url, options = provider_options(settings, platform)
+        providers[platform] = cls(session=http, base_url=base_url, timeout_s=settings.upstream_timeout,
+                                  clock=clock, options=options)
+    service = TokenService(
+        credentials=credentials, stores=stores, locks=locks, providers=providers, clock=clock,
+        policy=Policy(margin_s=settings.corn_interval, upstream_timeout_s=settings.upstream_timeout),
+    )
+    return Container(settings=settings, db=db, credentials=credentials, stores=stores, locks=locks,
+                     service=service, http=http)

@@ -1,0 +1,240 @@
+"""Commands: ``flask --app wsgi db|platform|token ...``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from .domain import Credential, valid_appid
+from .errors import PighandError
+
+db_cli = AppGroup("db", help="The SQL store.")
+platform_cli = AppGroup("platform", help="Platform credentials (platform, appid, secret).")
+token_cli = AppGroup("token", help="Tokens.")
+scheduler_cli = AppGroup("scheduler", help="The refresh scheduler.")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _container() -> Any:
+    return current_app.extensions["pighand"]
+
+
+def _friendly(fn: F) -> F:
+    """Show a PighandError as one 'Error: ...' line and exit 1."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PighandError as exc:
+            raise click.ClickException(exc.message) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def _check(platform: str, appid: str) -> None:
+    platforms = _container().service.platforms()
+    if platform not in platforms:
+        raise click.ClickException(f"unknown platform {platform!r}; supported platforms: {', '.join(platforms)}")
+    if not valid_appid(appid):
+        raise click.ClickException("appid must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+
+
+# -- db ----------------------------------------------------------------------
+@db_cli.command("init")
+@_friendly
+def db_init() -> None:
+    """Create the tables (idempotent; also upgrades an original `platform` table)."""
+    db = _container().db
+    changed = db.init_schema()
+    extra = f" (added {', '.join(changed)})" if changed else ""
+    click.echo(f"database ready: {db.description}{extra}")
+
+
+# -- platform ----------------------------------------------------------------
+@platform_cli.command("add")
+@click.argument("platform")
+@click.argument("appid")
+@click.option("--secret", help="The app secret; prompted for (hidden) when omitted.")
+@click.option("--update", is_flag=True, help="Replace the secret if the credential exists.")
+@_friendly
+def platform_add(platform: str, appid: str, secret: str | None, update: bool) -> None:
+    """Add a credential."""
+    _check(platform, appid)
+    if secret is None:
+        secret = click.prompt("secret", hide_input=True)
+    if not secret:
+        raise click.ClickException("the secret must not be empty")
+    _container().credentials.add(Credential(platform, appid, secret), update=update)
+    click.echo(f"{'saved' if update else 'added'} {platform} {appid}")
+
+
+@platform_cli.command("list")
+@_friendly
+def platform_list() -> None:
+    """List credentials (never their secrets)."""
+    repo = _container().credentials
+    stamps = repo.timestamps()
+    rows = [("PLATFORM", "APPID", "CREATED", "UPDATED")]
+    for c in repo.list():
+        created, updated = stamps.get((c.platform, c.appid), (None, None))
+        rows.append((c.platform, c.appid, str(created or "-"), str(updated or "-")))
+    _table(rows)
+    click.echo(f"{len(rows) - 1} credential(s)")
+
+
+@platform_cli.command("remove")
+@click.argument("platform")
+@click.argument("appid")
+@_friendly
+def platform_remove(platform: str, appid: str) -> None:
+    """Remove a credential and its stored tokens."""
+    container = _container()
+    if not container.credentials.remove(platform, appid):
+        raise click.ClickException(f"no credential for {platform} appid {appid!r}")
+    container.service.forget(platform, appid)
+    click.echo(f"removed {platform} {appid}")
+
+
+@platform_cli.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--update", is_flag=True, help="Replace secrets of credentials that exist.")
+@_friendly
+def platform_import(file: Path, update: bool) -> None:
+    """Import credentials from CSV (header platform,appid,secret) or JSON
+    (a list of objects, or one object per line). All rows or none."""
+    text = file.read_text(encoding="utf-8-sig")
+    rows = list(_json_rows(text) if text.lstrip()[:1] in ("[", "{") else _csv_rows(text))
+    if not rows:
+        raise click.ClickException(f"{file}: no rows")
+    platforms = _container().service.platforms()
+    seen: dict[tuple[str, str], int] = {}
+    credentials = []
+    for line, row in rows:
+        if not isinstance(row, dict):
+            raise click.ClickException(f"{file}: line {line}: expected an object with platform, appid, secret")
+        platform, appid, secret = (row.get(k) for k in ("platform", "appid", "secret"))
+        for name, value in (("platform", platform), ("appid", appid), ("secret", secret)):
+            if not isinstance(value, str) or not value.strip():
+                raise click.ClickException(f"{file}: line {line}: {name} is missing or empty")
+        assert isinstance(platform, str) and isinstance(appid, str) and isinstance(secret, str)
+        platform, appid, secret = platform.strip(), appid.strip(), secret.strip()
+        if platform not in platforms:
+            raise click.ClickException(
+                f"{file}: line {line}: unknown platform {platform!r}; supported platforms: {', '.join(platforms)}")
+        if not valid_appid(appid):
+            raise click.ClickException(f"{file}: line {line}: appid must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+        if (platform, appid) in seen:
+            raise click.ClickException(
+                f"{file}: line {line}: {platform} {appid} repeats line {seen[(platform, appid)]}")
+        seen[(platform, appid)] = line
+        credentials.append(Credential(platform, appid, secret))
+    repo = _container().credentials
+    if not update:
+        for c in credentials:
+            if repo.get(c.platform, c.appid) is not None:
+                raise click.ClickException(
+                    f"{file}: line {seen[(c.platform, c.appid)]}: {c.platform} {c.appid} already exists "
+                    "(use --update to replace it); nothing was imported")
+    count = repo.add_many(credentials, update=update)
+    click.echo(f"imported {count} credential(s)")
+
+
+def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, str]]]:
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"platform", "appid", "secret"} - set(reader.fieldnames or [])
+    if missing:
+        raise click.ClickException(
+            f"line 1: CSV header must name platform, appid, secret (missing {', '.join(sorted(missing))})")
+    for row in reader:
+        if any((v or "").strip() for v in row.values() if isinstance(v, str)):
+            yield reader.line_num, row
+
+
+def _json_rows(text: str) -> Iterator[tuple[int, Any]]:
+    """Objects with the line each starts on, from a JSON array or JSON Lines."""
+    decoder = json.JSONDecoder()
+    pos = 0
+    stripped = text.lstrip()
+    in_array = stripped.startswith("[")
+    if in_array:
+        pos = text.index("[") + 1
+
+    def skip(pos: int, separators: str) -> int:
+        while pos < len(text) and (text[pos].isspace() or text[pos] in separators):
+            pos += 1
+        return pos
+
+    while True:
+        pos = skip(pos, "," if in_array else "")
+        if pos >= len(text):
+            if in_array:
+                raise click.ClickException(f"line {text.count(chr(10)) + 1}: JSON array is not closed")
+            return
+        if in_array and text[pos] == "]":
+            return
+        line = text.count("\n", 0, pos) + 1
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(f"line {exc.lineno}: invalid JSON ({exc.msg})") from None
+        yield line, value
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+# -- token -------------------------------------------------------------------
+def _show(token: Any) -> None:
+    left = token.expires_at - time.time()
+    click.echo(token.value)
+    click.echo(f"expires in {left:.0f} s", err=True)
+
+
+@token_cli.command("get")
+@click.argument("platform")
+@click.argument("appid")
+@_friendly
+def token_get(platform: str, appid: str) -> None:
+    """Print the token (from storage, or fetched if none is valid)."""
+    _show(_container().service.get(platform, appid))
+
+
+@token_cli.command("refresh")
+@click.argument("platform")
+@click.argument("appid")
+@_friendly
+def token_refresh(platform: str, appid: str) -> None:
+    """Fetch a new token from the platform and store it."""
+    _show(_container().service.refresh(platform, appid))
+
+
+@scheduler_cli.command("tick")
+@_friendly
+def scheduler_tick() -> None:
+    """Refresh every due token once, now (what one scheduler tick does)."""
+    report = _container().service.refresh_due()
+    for key in report.refreshed:
+        click.echo(f"refreshed {key}")
+    for key, exc in report.failed.items():
+        click.echo(f"failed {key}: {exc.message}")
+    click.echo(f"{len(report.refreshed)} refreshed, {len(report.fresh)} fresh, {len(report.failed)} failed")
+    if report.failed:
+        raise SystemExit(1)
+
+
+def register(app: Flask) -> None:
+    for group in (db_cli, platform_cli, token_cli, scheduler_cli):
+        app.cli.add_command(group)

@@ -1,0 +1,79 @@
+"""Values that cross layers, and the expiry arithmetic.
+
+Times are float seconds since the epoch. Nothing here reads the clock: the
+caller passes ``now``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+APPID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+@dataclass(frozen=True)
+class TokenKey:
+    platform: str
+    appid: str
+
+    @property
+    def redis_key(self) -> str:
+        # The original service's key; existing clients read it directly.
+        return f"{self.platform}_{self.appid}"
+
+    def __str__(self) -> str:
+        return f"{self.platform}/{self.appid}"
+
+
+@dataclass(frozen=True)
+class Credential:
+    platform: str
+    appid: str
+    # repr=False: a Credential in a log line or traceback must not show it.
+    secret: str = field(repr=False)
+
+    @property
+    def key(self) -> TokenKey:
+        return TokenKey(self.platform, self.appid)
+
+
+@dataclass(frozen=True)
+class Token:
+    """A platform token and when it dies.
+
+    ``fetched_at`` orders tokens: a write never replaces a token with one
+    fetched earlier. ``expires_at - fetched_at`` is the life the platform
+    reported (WeChat stable tokens report their *remaining* life).
+    """
+
+    value: str = field(repr=False)
+    expires_at: float
+    fetched_at: float
+
+    @property
+    def reported_life(self) -> float:
+        return max(0.0, self.expires_at - self.fetched_at)
+
+    def margin(self, margin_s: float) -> float:
+        """How early the token counts as expired: ``margin_s`` but never more
+        than half of the life the platform reported, so a short-lived token is
+        still served for a while instead of being re-fetched in a loop."""
+        return min(float(margin_s), self.reported_life / 2)
+
+    def serve_until(self, margin_s: float) -> float:
+        return self.expires_at - self.margin(margin_s)
+
+    def servable(self, now: float, margin_s: float) -> bool:
+        return now < self.serve_until(margin_s)
+
+    def due(self, now: float, margin_s: float, horizon_s: float) -> bool:
+        """True when the token enters its margin within ``horizon_s``."""
+        return self.serve_until(margin_s) <= now + horizon_s
+
+    def newer_than(self, other: Token | None) -> bool:
+        return other is None or self.fetched_at > other.fetched_at
+
+
+def valid_appid(appid: str) -> bool:
+    return APPID_PATTERN.fullmatch(appid) is not None

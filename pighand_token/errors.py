@@ -1,0 +1,89 @@
+"""One exception tree for every layer.
+
+Each class carries the HTTP status it maps to, so the HTTP edge needs no
+table of its own and a caller can catch a whole family with one ``except``.
+Messages are shown to API callers: they never contain a secret.
+"""
+
+from __future__ import annotations
+
+
+class PighandError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    status = 500
+    headers: dict[str, str]
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = {}
+
+
+class SettingsError(PighandError):
+    """A setting has a value the service cannot run with."""
+
+
+class BadRequest(PighandError):
+    status = 400
+
+
+class NotFound(PighandError):
+    status = 404
+
+
+class UnknownPlatform(NotFound):
+    def __init__(self, platform: str, supported: list[str]) -> None:
+        super().__init__(
+            f"unknown platform {platform!r}; supported platforms: {', '.join(sorted(supported))}"
+        )
+        self.platform = platform
+        self.supported = sorted(supported)
+
+
+class UnknownApp(NotFound):
+    def __init__(self, platform: str, appid: str) -> None:
+        super().__init__(
+            f"no credential for {platform} appid {appid!r}; add it with "
+            f"'flask --app wsgi platform add {platform} {appid}'"
+        )
+
+
+class Conflict(PighandError):
+    status = 409
+
+
+class Unavailable(PighandError):
+    """A store (SQL, Redis) or a lock could not be reached in time."""
+
+    status = 503
+
+
+class UpstreamError(PighandError):
+    """The platform refused or failed the call.
+
+    ``errcode`` is the platform's own code (WeChat errcode, Feishu code, ...)
+    or ``None`` for transport failures. ``retryable`` says whether asking
+    again soon can help (system busy, 5xx) or not (wrong secret, IP not
+    whitelisted, quota exhausted).
+    """
+
+    status = 502
+
+    def __init__(self, platform: str, message: str, *, errcode: int | str | None = None,
+                 retryable: bool = False) -> None:
+        detail = f"{platform} platform error"
+        if errcode is not None:
+            detail += f" {errcode}"
+        super().__init__(f"{detail}: {message}")
+        self.platform = platform
+        self.errcode = errcode
+        self.retryable = retryable
+        self.platform_message = message
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+
+    def __init__(self, platform: str, message: str) -> None:
+        super().__init__(platform, message, retryable=True)

@@ -1,0 +1,66 @@
+"""The small interfaces the service depends on. Adapters implement them;
+``bootstrap`` picks which ones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from .domain import Credential, Token, TokenKey
+
+Clock = Callable[[], float]
+
+
+class CredentialRepository(Protocol):
+    def get(self, platform: str, appid: str) -> Credential | None: ...
+
+    def list(self) -> list[Credential]: ...
+
+    def add(self, credential: Credential, *, update: bool = False) -> None:
+        """Insert; raise Conflict if it exists and ``update`` is false."""
+
+    def add_many(self, credentials: Iterable[Credential], *, update: bool = False) -> int:
+        """Insert all or none; return how many rows were written."""
+
+    def remove(self, platform: str, appid: str) -> bool: ...
+
+
+class TokenStore(Protocol):
+    """One storage tier for tokens.
+
+    ``shared`` tiers (Redis, SQL) are seen by every worker and instance;
+    decisions that must agree across workers read only those.
+    """
+
+    name: str
+    shared: bool
+
+    def get(self, key: TokenKey) -> Token | None: ...
+
+    def put(self, key: TokenKey, token: Token) -> bool:
+        """Store unless the tier holds a token fetched later; True if written."""
+
+    def delete(self, key: TokenKey) -> None: ...
+
+
+class Locks(Protocol):
+    def hold(self, name: str, *, lease_s: float, wait_s: float) -> AbstractContextManager[bool]:
+        """Hold the named lock across processes; yields False if not acquired
+        within ``wait_s``. A crashed holder frees it after ``lease_s``."""
+
+    def claim(self, name: str, *, lease_s: float) -> bool:
+        """Take the named lease without waiting and keep it until it expires
+        (used so one scheduler tick runs per window across workers)."""
+
+
+class Provider(Protocol):
+    platform: str
+
+    def fetch(self, credential: Credential, *, replacing: str | None = None) -> Token:
+        """Ask the platform for a token.
+
+        ``replacing`` is the token value a forced refresh wants gone; providers
+        whose platform returns the same token while it is valid use it to
+        decide whether to force a new one. Raises UpstreamError.
+        """

@@ -1,0 +1,101 @@
+"""WeChat Official Account / Mini Program access_token.
+
+Two endpoints with different rules (platform-facts §1):
+
+- stable (``POST /cgi-bin/stable_token``, the default): while the current
+  token is valid the platform returns it again, with ``expires_in`` the
+  *remaining* life; it rotates in the last 5 minutes. ``force_refresh``
+  kills the old token and is limited to 20 a day, 30 s apart, so it is used
+  only when a normal call hands back the very token being replaced.
+- classic (``GET /cgi-bin/token``): every call issues a new token and the
+  previous one survives about 5 minutes.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..domain import Credential, Token
+from ..errors import UpstreamError
+from .base import HttpProvider, redact
+
+# Asking again soon can help: -1 system busy.
+RETRYABLE = {-1}
+
+# Codes whose cause an operator must fix; listed so the message can say what.
+HINTS = {
+    40001: "AppSecret is wrong, or the token is not the latest",
+    40002: "invalid grant_type",
+    40013: "invalid appid",
+    40125: "invalid appsecret",
+    40164: "caller IP is not in the app's API IP whitelist",
+    61004: "caller IP is not in the app's API IP whitelist",
+    40243: "AppSecret is frozen; unfreeze it in the console",
+    41002: "appid missing",
+    41004: "secret missing",
+    43002: "POST required",
+    45009: "daily quota for token calls exhausted (clear_quota resets it)",
+    45011: "per-minute call limit reached",
+    50004: "token API forbidden for this account",
+    50007: "account frozen",
+    89503: "this IP awaits the administrator's confirmation",
+    89506: "the administrator rejected this IP (retry after 24 h)",
+    89507: "the administrator rejected this IP (retry after 1 h)",
+}
+
+_IP = re.compile(r"invalid ip ([0-9a-fA-F.:]+)")
+
+
+class WeChatProvider(HttpProvider):
+    platform = "wechat"
+
+    @property
+    def mode(self) -> str:
+        return str(self.options.get("token_mode", "stable"))
+
+    def fetch(self, credential: Credential, *, replacing: str | None = None) -> Token:
+        if self.mode == "classic":
+            return self._classic(credential)
+        token = self._stable(credential, force=False)
+        if replacing is not None and token.value == replacing:
+            # Normal mode handed back the token the caller wants gone (it
+            # was reported invalid); only force_refresh replaces it.
+            token = self._stable(credential, force=True)
+        return token
+
+    def _classic(self, credential: Credential) -> Token:
+        started = self.clock()
+        _, body = self.request_json(
+            "GET", "/cgi-bin/token", secrets=[credential.secret],
+            params={"grant_type": "client_credential", "appid": credential.appid, "secret": credential.secret},
+        )
+        return self._token(body, started, credential)
+
+    def _stable(self, credential: Credential, *, force: bool) -> Token:
+        started = self.clock()
+        _, body = self.request_json(
+            "POST", "/cgi-bin/stable_token", secrets=[credential.secret],
+            json={"grant_type": "client_credential", "appid": credential.appid,
+                  "secret": credential.secret, "force_refresh": force},
+        )
+        return self._token(body, started, credential)
+
+    def _token(self, body: dict[str, object], started: float, credential: Credential) -> Token:
+        errcode = body.get("errcode")
+        if isinstance(errcode, int) and errcode != 0:
+            raise self._error(errcode, str(body.get("errmsg", "")), credential)
+        value = body.get("access_token")
+        expires_in = body.get("expires_in")
+        if not isinstance(value, str) or not value or not isinstance(expires_in, int | float) or expires_in <= 0:
+            raise UpstreamError(self.platform, "answer has no access_token/expires_in", retryable=True)
+        return Token(value=value, expires_at=started + float(expires_in), fetched_at=started)
+
+    def _error(self, errcode: int, errmsg: str, credential: Credential) -> UpstreamError:
+        errmsg = redact(errmsg, [credential.secret])
+        hint = HINTS.get(errcode)
+        if errcode in (40164, 61004):
+            match = _IP.search(errmsg)
+            if match:
+                hint = f"caller IP {match.group(1)} is not in the app's API IP whitelist"
+        message = f"{hint} ({errmsg})" if hint else errmsg or "no errmsg"
+        return UpstreamError(self.platform, message, errcode=errcode, retryable=errcode in RETRYABLE)

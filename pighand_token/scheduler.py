@@ -1,0 +1,72 @@
+"""Refreshes due tokens on a timer (flask-apscheduler).
+
+Every web worker runs the timer, so the service keeps refreshing whichever
+workers are alive; a tick does work only if it claims the tick lease, which
+lasts most of an interval, so across all workers and instances one tick per
+interval runs. Each refresh also takes the per-token lock a GET takes.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from flask import Flask
+from flask_apscheduler import APScheduler
+
+from .bootstrap import Container
+from .errors import PighandError
+from .service import RefreshReport
+
+log = logging.getLogger(__name__)
+
+TICK_LEASE = "scheduler-tick"
+
+
+class RefreshScheduler:
+    def __init__(self, container: Container) -> None:
+        self.container = container
+        self.interval_s = container.settings.corn_interval
+        self._aps: APScheduler | None = None
+
+    def tick(self) -> RefreshReport | None:
+        """Run one tick if no other worker ran one in this interval."""
+        try:
+            claimed = self.container.locks.claim(TICK_LEASE, lease_s=self.interval_s * 0.9)
+        except PighandError as exc:
+            log.warning("scheduler tick skipped: %s", exc.message)
+            return None
+        if not claimed:
+            return None
+        report = self.container.service.refresh_due()
+        log.info("scheduler tick: %d refreshed, %d fresh, %d failed",
+                 len(report.refreshed), len(report.fresh), len(report.failed))
+        return report
+
+    def _safe_tick(self) -> None:
+        try:
+            self.tick()
+        except Exception:  # noqa: BLE001 - a failing tick must not stop the timer
+            log.exception("scheduler tick failed")
+
+    def start(self, app: Flask) -> None:
+        if self._aps is not None:
+            return
+        aps = APScheduler(scheduler=BackgroundScheduler(daemon=True))
+        aps.init_app(app)
+        # First tick at once, so tokens are warm before the first request.
+        aps.add_job(id="refresh_due", func=self._safe_tick, trigger="interval", seconds=self.interval_s,
+                    next_run_time=datetime.now(), max_instances=1, coalesce=True)
+        aps.start()
+        self._aps = aps
+        log.info("refresh scheduler started: every %d s", self.interval_s)
+
+    def stop(self) -> None:
+        if self._aps is not None:
+            self._aps.shutdown(wait=False)
+            self._aps = None
+
+    @property
+    def running(self) -> bool:
+        return self._aps is not None
