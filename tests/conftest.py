@@ -1,0 +1,226 @@
+"""Shared fixtures: real MariaDB and Redis (started if they are down), a
+fresh database / Redis key prefix per test, fake platforms over HTTP, and
+gunicorn processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+import redis
+import requests
+
+from pighand_token.app import create_app
+from tests.fakes.wechat import FakeWeChat
+
+ROOT = Path(__file__).resolve().parent.parent
+MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
+REDIS = {"host": "127.0.0.1", "port": 6379}
+
+
+# -- services ------------------------------------------------------------------
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _ensure(name: str, host: str, port: int, command: list[str]) -> None:
+    """Start a missing local service; a service that cannot be had fails the
+    test run (never a skip)."""
+    if _port_open(host, port):
+        return
+    if shutil.which(command[0]) is None:
+        pytest.fail(f"{name} is not running on {host}:{port} and {command[0]} is not installed")
+    subprocess.run(command, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if _port_open(host, port):
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{name} is not running on {host}:{port} and could not be started")
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> dict[str, Any]:
+    _ensure("MariaDB", MYSQL["host"], MYSQL["port"],
+            ["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"])
+    return MYSQL
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> dict[str, Any]:
+    _ensure("Redis", REDIS["host"], REDIS["port"],
+            ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
+             "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"])
+    return REDIS
+
+
+@pytest.fixture
+def mysql_db(mariadb_server: dict[str, Any]) -> Iterator[str]:
+    """A database of this test's own, dropped afterwards."""
+    name = f"pighand_t_{uuid.uuid4().hex[:12]}"
+    conn = pymysql.connect(**mariadb_server, autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    try:
+        yield name
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        conn.close()
+
+
+def mysql_rows(database: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    conn = pymysql.connect(**MYSQL, database=database, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def redis_prefix(redis_server: dict[str, Any]) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+    client = redis.Redis(**redis_server)
+    try:
+        yield prefix
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture
+def redis_client(redis_server: dict[str, Any]) -> Iterator[redis.Redis]:
+    client = redis.Redis(**redis_server, decode_responses=True)
+    yield client
+    client.close()
+
+
+# -- fake platforms --------------------------------------------------------------
+@pytest.fixture
+def wechat() -> Iterator[FakeWeChat]:
+    with FakeWeChat() as fake:
+        fake.add_app("wx_app_1", "s3cr3t-wx-1")
+        yield fake
+
+
+# -- the service ---------------------------------------------------------------
+STORAGE_KINDS = ["sqlite", "mysql", "redis+sqlite", "redis+mysql"]
+
+
+def storage_overrides(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """Settings for one storage layout, with a fresh database / key prefix."""
+    overrides: dict[str, Any] = {"sqlite_path": str(tmp_path / "pighand.sqlite3")}
+    if "mysql" in kind:
+        overrides.update(mysql_host=MYSQL["host"], mysql_port=MYSQL["port"], mysql_username=MYSQL["user"],
+                         mysql_password=MYSQL["password"], mysql_database=request.getfixturevalue("mysql_db"))
+    if "redis" in kind:
+        overrides.update(redis_host=REDIS["host"], redis_port=REDIS["port"],
+                         redis_key_prefix=request.getfixturevalue("redis_prefix"))
+    return overrides
+
+
+def app_overrides(wechat: FakeWeChat, **extra: Any) -> dict[str, Any]:
+    return {"wechat_api_base": wechat.base_url, "is_enable_schedule": False, "upstream_timeout": 2,
+            "log_level": "debug", **extra}
+
+
+@pytest.fixture
+def make_app(tmp_path: Path, request: pytest.FixtureRequest, wechat: FakeWeChat) -> Any:
+    """make_app(kind="sqlite", **settings) -> a Flask app on that storage."""
+    def make(kind: str = "sqlite", **extra: Any) -> Any:
+        overrides = {**storage_overrides(kind, request, tmp_path), **app_overrides(wechat, **extra)}
+        return create_app(overrides=overrides)
+    return make
+
+
+# -- gunicorn ------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**settings: Any) -> dict[str, str]:
+    """os.environ without PIGHAND_* variables, plus the given settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIGHAND_")}
+    env["PIGHAND_ENV"] = "testing"
+    for name, value in settings.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f"PIGHAND_{name.upper()}"] = str(value)
+    return env
+
+
+class Gunicorn:
+    """gunicorn running wsgi:app with our gunicorn.conf.py, in its own process."""
+
+    def __init__(self, log_dir: Path, *, workers: int = 2, threads: int = 4, **settings: Any) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"gunicorn-{self.port}.log"
+        self.env = clean_env(host="127.0.0.1", port=self.port, workers=workers, threads=threads, **settings)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 30) -> Gunicorn:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=ROOT,
+                                     env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                requests.get(self.base_url + "/", timeout=1)
+                return self
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"gunicorn did not start within {timeout_s} s:\n{self.log()}")
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def __enter__(self) -> Gunicorn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_flask(*args: str, env: dict[str, str], input: str | None = None,
+              timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=env,
+                          input=input, capture_output=True, text=True, timeout=timeout)

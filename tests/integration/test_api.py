@@ -1,0 +1,292 @@
+"""The HTTP API on real stores (SQLite, MariaDB, Redis) against the fake
+WeChat served over HTTP."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import STORAGE_KINDS, mysql_rows
+from tests.fakes.wechat import FakeWeChat
+
+APP = "wx_app_1"
+SECRET = "s3cr3t-wx-1"
+STABLE = "/cgi-bin/stable_token"
+CLASSIC = "/cgi-bin/token"
+
+
+def seed(app: Any, appid: str = APP, secret: str = SECRET) -> None:
+    from pighand_token.domain import Credential
+    app.extensions["pighand"].credentials.add(Credential("wechat", appid, secret))
+
+
+def body(response: Any) -> dict[str, Any]:
+    data = response.get_json()
+    assert set(data) == {"code", "data", "error"}
+    assert data["code"] == response.status_code
+    return dict(data)
+
+
+def no_secret(response: Any) -> None:
+    assert SECRET not in response.get_data(as_text=True)
+
+
+@pytest.fixture(params=STORAGE_KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_get_returns_envelope_and_calls_platform_once(make_app: Any, wechat: FakeWeChat, kind: str) -> None:
+    app = make_app(kind)
+    seed(app)
+    client = app.test_client()
+    first = client.get(f"/token/wechat/{APP}")
+    assert first.status_code == 200
+    data = body(first)
+    assert data["error"] == "" and wechat.is_valid(data["data"])
+    for _ in range(5):
+        assert body(client.get(f"/token/wechat/{APP}"))["data"] == data["data"]
+    assert wechat.count(STABLE) == 1
+
+
+def test_tokens_survive_a_restart_in_the_shared_store(make_app: Any, wechat: FakeWeChat, kind: str) -> None:
+    first_app = make_app(kind)
+    seed(first_app)
+    token = body(first_app.test_client().get(f"/token/wechat/{APP}"))["data"]
+    # A second process on the same stores: a fresh in-process cache.
+    second_app = make_app(kind)
+    assert body(second_app.test_client().get(f"/token/wechat/{APP}"))["data"] == token
+    assert wechat.count(STABLE) == 1
+
+
+@pytest.mark.parametrize("save_model", ["auto", "all"])
+def test_save_model_decides_the_tiers_written(make_app: Any, wechat: FakeWeChat, redis_prefix: str,
+                                              redis_client: redis.Redis, save_model: str, tmp_path: Any) -> None:
+    app = make_app("redis+sqlite", save_model=save_model)
+    seed(app)
+    token = body(app.test_client().get(f"/token/wechat/{APP}"))["data"]
+    # The original's raw key, for existing readers, ending when serving stops.
+    assert redis_client.get(f"{redis_prefix}wechat_{APP}") == token
+    ttl_ms = redis_client.pttl(f"{redis_prefix}wechat_{APP}")
+    assert (7200 - 300 - 5) * 1000 < ttl_ms <= (7200 - 300) * 1000
+    rows = sqlite3.connect(app.extensions["pighand"].settings.sqlite_path).execute(
+        "SELECT value FROM token").fetchall()
+    assert rows == ([(token,)] if save_model == "all" else [])
+
+
+def test_without_redis_tokens_go_to_sql(make_app: Any, wechat: FakeWeChat, mysql_db: str) -> None:
+    app = make_app("mysql")
+    seed(app)
+    token = body(app.test_client().get(f"/token/wechat/{APP}"))["data"]
+    rows = mysql_rows(mysql_db, "SELECT platform, appid, value, expires_at - fetched_at FROM token")
+    assert rows == [("wechat", APP, token, pytest.approx(7200, abs=1))]
+
+
+def test_lower_tier_backfills_redis(make_app: Any, wechat: FakeWeChat, redis_prefix: str,
+                                    redis_client: redis.Redis) -> None:
+    app = make_app("redis+mysql", save_model="all")
+    seed(app)
+    token = body(app.test_client().get(f"/token/wechat/{APP}"))["data"]
+    for key in redis_client.scan_iter(match=f"{redis_prefix}*"):
+        redis_client.delete(key)
+    fresh = make_app("redis+mysql", save_model="all")  # empty in-process cache
+    assert body(fresh.test_client().get(f"/token/wechat/{APP}"))["data"] == token
+    assert wechat.count(STABLE) == 1
+    assert redis_client.get(f"{redis_prefix}wechat_{APP}") == token
+    assert redis_client.pttl(f"{redis_prefix}wechat_{APP}") > (7200 - 310) * 1000
+
+
+def test_token_inside_margin_is_not_served(make_app: Any, wechat: FakeWeChat) -> None:
+    # A 2 s token: margin min(300, 2/2) = 1 s, so it is served for 1 s.
+    wechat.add_app("wx_short", "short-secret", expires_in=2)
+    app = make_app("sqlite")
+    seed(app, "wx_short", "short-secret")
+    client = app.test_client()
+    first = body(client.get("/token/wechat/wx_short"))["data"]
+    assert body(client.get("/token/wechat/wx_short"))["data"] == first
+    time.sleep(1.1)
+    second = body(client.get("/token/wechat/wx_short"))["data"]
+    assert second != first
+    assert wechat.count(STABLE, appid="wx_short") == 2
+
+
+def test_put_replaces_token_in_every_tier(make_app: Any, wechat: FakeWeChat, kind: str) -> None:
+    app = make_app(kind)
+    seed(app)
+    client = app.test_client()
+    old = body(client.get(f"/token/wechat/{APP}"))["data"]
+    new = body(client.put(f"/token/wechat/{APP}"))["data"]
+    assert new != old and wechat.is_valid(new)
+    # Stable mode: the normal call hands back the same token, so a forced one follows.
+    assert [c.get("force_refresh") for c in wechat.find(STABLE)] == [False, False, True]
+    assert body(make_app(kind).test_client().get(f"/token/wechat/{APP}"))["data"] == new
+    assert body(client.get(f"/token/wechat/{APP}"))["data"] == new
+
+
+def test_put_with_stale_token_that_is_not_current_makes_no_call(make_app: Any, wechat: FakeWeChat,
+                                                                 kind: str) -> None:
+    app = make_app(kind)
+    seed(app)
+    client = app.test_client()
+    current = body(client.get(f"/token/wechat/{APP}"))["data"]
+    answer = client.put(f"/token/wechat/{APP}", json={"stale_token": "83_an_old_token"})
+    assert body(answer)["data"] == current
+    assert wechat.count(STABLE) == 1
+
+
+@pytest.mark.parametrize("field", ["stale_token", "nowToken"])
+def test_put_with_current_token_refreshes(make_app: Any, wechat: FakeWeChat, field: str) -> None:
+    app = make_app("sqlite")
+    seed(app)
+    client = app.test_client()
+    current = body(client.get(f"/token/wechat/{APP}"))["data"]
+    new = body(client.put(f"/token/wechat/{APP}", json={field: current}))["data"]
+    assert new != current and wechat.is_valid(new) and not wechat.is_valid(current)
+
+
+def test_classic_mode(make_app: Any, wechat: FakeWeChat) -> None:
+    app = make_app("sqlite", wechat_token_mode="classic")
+    seed(app)
+    client = app.test_client()
+    old = body(client.get(f"/token/wechat/{APP}"))["data"]
+    assert body(client.get(f"/token/wechat/{APP}"))["data"] == old
+    new = body(client.put(f"/token/wechat/{APP}"))["data"]
+    assert new != old and wechat.count(CLASSIC) == 2 and wechat.count(STABLE) == 0
+    # The platform keeps the old one alive for 5 minutes while callers switch.
+    assert wechat.is_valid(old) and wechat.is_valid(new)
+
+
+# -- errors ------------------------------------------------------------------
+def test_unknown_platform_is_404_listing_supported(make_app: Any) -> None:
+    answer = make_app().test_client().get(f"/token/nope/{APP}")
+    data = body(answer)
+    assert answer.status_code == 404 and data["data"] is None and "wechat" in data["error"]
+
+
+def test_unknown_appid_is_404(make_app: Any, wechat: FakeWeChat) -> None:
+    answer = make_app().test_client().get("/token/wechat/wx_missing")
+    assert answer.status_code == 404 and "wx_missing" in body(answer)["error"]
+    assert wechat.count() == 0
+
+
+@pytest.mark.parametrize("appid", ["bad!id", "a" * 129, "x%20y"])
+def test_malformed_appid_is_400(make_app: Any, appid: str) -> None:
+    answer = make_app().test_client().get(f"/token/wechat/{appid}")
+    assert answer.status_code == 400 and body(answer)["data"] is None
+
+
+@pytest.mark.parametrize("payload,content_type", [
+    ("{not json", "application/json"),
+    ("[1, 2]", "application/json"),
+    ('{"stale_token": 5}', "application/json"),
+    ('{"stale_token": ""}', "application/json"),
+    ("\xff\xfe", "application/octet-stream"),
+])
+def test_malformed_put_body_is_400_and_calls_nothing(make_app: Any, wechat: FakeWeChat, payload: str,
+                                                     content_type: str) -> None:
+    app = make_app()
+    seed(app)
+    answer = app.test_client().put(f"/token/wechat/{APP}", data=payload.encode("latin-1"),
+                                   content_type=content_type)
+    assert answer.status_code == 400 and body(answer)["data"] is None
+    assert wechat.count() == 0
+
+
+def test_oversized_body_is_413(make_app: Any) -> None:
+    app = make_app()
+    seed(app)
+    answer = app.test_client().put(f"/token/wechat/{APP}", data=b"x" * (65 * 1024))
+    assert answer.status_code == 413 and body(answer)["data"] is None
+
+
+@pytest.mark.parametrize("method", ["POST", "DELETE", "PATCH"])
+def test_wrong_method_is_405_with_allow(make_app: Any, method: str) -> None:
+    answer = make_app().test_client().open(f"/token/wechat/{APP}", method=method)
+    assert answer.status_code == 405 and body(answer)["data"] is None
+    assert {"GET", "PUT"} <= {m.strip() for m in answer.headers["Allow"].split(",")}
+
+
+def test_unknown_route_is_404_envelope(make_app: Any) -> None:
+    answer = make_app().test_client().get("/nothing/here")
+    assert answer.status_code == 404 and body(answer)["data"] is None
+
+
+@pytest.mark.parametrize("mode", ["stable", "classic"])
+def test_rejected_secret_is_502_with_errcode_and_no_secret(make_app: Any, wechat: FakeWeChat, mode: str) -> None:
+    app = make_app(wechat_token_mode=mode)
+    seed(app, APP, "wrong-secret-value")
+    answer = app.test_client().get(f"/token/wechat/{APP}")
+    data = body(answer)
+    assert answer.status_code == 502 and data["data"] is None
+    assert ("40125" if mode == "stable" else "40001") in data["error"]
+    assert "wrong-secret-value" not in answer.get_data(as_text=True)
+    assert wechat.count() == 1  # configuration errors are not retried
+
+
+def test_ip_whitelist_error_names_the_ip(make_app: Any, wechat: FakeWeChat) -> None:
+    wechat.add_app("wx_ip", "ip-secret", whitelist_error_ip="203.0.113.7")
+    app = make_app()
+    seed(app, "wx_ip", "ip-secret")
+    answer = app.test_client().get("/token/wechat/wx_ip")
+    assert answer.status_code == 502
+    assert "40164" in body(answer)["error"] and "203.0.113.7" in body(answer)["error"]
+    assert wechat.count() == 1
+
+
+def test_platform_timeout_is_504(make_app: Any, wechat: FakeWeChat) -> None:
+    app = make_app(upstream_timeout=0.3)
+    seed(app)
+    wechat.delay(1.0)
+    answer = app.test_client().get(f"/token/wechat/{APP}")
+    assert answer.status_code == 504 and body(answer)["data"] is None
+    no_secret(answer)
+
+
+def test_platform_5xx_is_retried_then_502(make_app: Any, wechat: FakeWeChat) -> None:
+    app = make_app()
+    seed(app)
+    wechat.fail_next(5, status=500)
+    answer = app.test_client().get(f"/token/wechat/{APP}")
+    assert answer.status_code == 502 and "500" in body(answer)["error"]
+    assert wechat.count() == 3
+
+
+def test_platform_recovers_after_transient_errors(make_app: Any, wechat: FakeWeChat) -> None:
+    app = make_app()
+    seed(app)
+    wechat.fail_next(1, status=503)
+    wechat.fail_with_errcode_next(1, -1, "system error")
+    answer = app.test_client().get(f"/token/wechat/{APP}")
+    assert answer.status_code == 200 and wechat.is_valid(body(answer)["data"])
+
+
+def test_classic_transport_error_hides_secret_in_url(make_app: Any, wechat: FakeWeChat) -> None:
+    # A port nothing listens on: requests' error text carries the full URL,
+    # query string (with ?secret=) included.
+    app = make_app(wechat_token_mode="classic", wechat_api_base="http://127.0.0.1:9", upstream_timeout=0.5)
+    seed(app)
+    answer = app.test_client().get(f"/token/wechat/{APP}")
+    assert answer.status_code == 502
+    no_secret(answer)
+
+
+def test_storage_unavailable_is_503(make_app: Any) -> None:
+    app = make_app(mysql_host="127.0.0.1", mysql_port=9, mysql_database="nothing")
+    answer = app.test_client().get(f"/token/wechat/{APP}")
+    assert answer.status_code == 503 and body(answer)["data"] is None
+
+
+def test_unexpected_error_is_500_without_trace(make_app: Any, wechat: FakeWeChat) -> None:
+    app = make_app()
+    seed(app)
+    db = sqlite3.connect(app.extensions["pighand"].settings.sqlite_path)
+    db.execute("INSERT INTO token VALUES ('wechat', ?, 'v', 'not-a-number', 'x')", (APP,))
+    db.commit()
+    answer = app.test_client().get(f"/token/wechat/{APP}")
+    data = body(answer)
+    assert answer.status_code == 500 and data["data"] is None
+    assert "Traceback" not in data["error"] and "ValueError" not in data["error"]

@@ -1,0 +1,317 @@
+"""TokenService with in-memory adapters and an injected clock: no I/O."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from pighand_token.adapters.memory import MemoryCredentialRepository, MemoryLocks, MemoryTokenStore
+from pighand_token.domain import Credential, Token, TokenKey
+from pighand_token.errors import BadRequest, Unavailable, UnknownApp, UnknownPlatform, UpstreamError
+from pighand_token.service import Policy, TokenService
+
+KEY = TokenKey("wechat", "wx1")
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class SharedStore:
+    """Stands in for Redis/SQL: shared, keeps tokens until told otherwise."""
+
+    name = "shared"
+    shared = True
+
+    def __init__(self) -> None:
+        self.tokens: dict[TokenKey, Token] = {}
+        self.down = False
+
+    def get(self, key: TokenKey) -> Token | None:
+        if self.down:
+            raise Unavailable("shared store down")
+        return self.tokens.get(key)
+
+    def put(self, key: TokenKey, token: Token) -> bool:
+        if self.down:
+            raise Unavailable("shared store down")
+        current = self.tokens.get(key)
+        if current is not None and current.fetched_at >= token.fetched_at:
+            return False
+        self.tokens[key] = token
+        return True
+
+    def delete(self, key: TokenKey) -> None:
+        self.tokens.pop(key, None)
+
+
+@dataclass
+class FakeProvider:
+    clock: Clock
+    platform: str = "wechat"
+    life_s: float = 7200
+    # Platform rule to imitate: "new" issues a new token per call (classic),
+    # "same" returns the current one while valid (stable, without force).
+    rule: str = "new"
+    calls: list[str | None] = field(default_factory=list)
+    failures: list[UpstreamError] = field(default_factory=list)
+    delay_s: float = 0.0
+    _current: Token | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fetch(self, credential: Credential, *, replacing: str | None = None) -> Token:
+        with self._lock:
+            self.calls.append(replacing)
+            if self.failures:
+                raise self.failures.pop(0)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        with self._lock:
+            self.clock.advance(0.001)  # a call takes time
+        now = self.clock()
+        with self._lock:
+            if self.rule == "same" and self._current and self._current.expires_at > now \
+                    and self._current.value != replacing:
+                return Token(self._current.value, self._current.expires_at, now)
+            self._current = Token(f"tok-{len(self.calls)}", now + self.life_s, now)
+            return self._current
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def provider(clock: Clock) -> FakeProvider:
+    return FakeProvider(clock)
+
+
+@pytest.fixture
+def shared() -> SharedStore:
+    return SharedStore()
+
+
+@pytest.fixture
+def memory(clock: Clock) -> MemoryTokenStore:
+    return MemoryTokenStore(clock, ttl_s=30)
+
+
+def make_service(clock: Clock, provider: FakeProvider, shared: SharedStore, memory: MemoryTokenStore,
+                 margin_s: float = 300, **policy: float) -> TokenService:
+    return TokenService(
+        credentials=MemoryCredentialRepository([Credential("wechat", "wx1", "secret-1")]),
+        stores=[memory, shared], locks=MemoryLocks(clock), providers={"wechat": provider}, clock=clock,
+        policy=Policy(margin_s=margin_s, upstream_timeout_s=1, **policy), sleep=lambda s: None,
+    )
+
+
+@pytest.fixture
+def service(clock: Clock, provider: FakeProvider, shared: SharedStore, memory: MemoryTokenStore) -> TokenService:
+    return make_service(clock, provider, shared, memory)
+
+
+def test_first_get_calls_platform_once_then_serves_from_storage(service: TokenService,
+                                                                 provider: FakeProvider) -> None:
+    first = service.get("wechat", "wx1")
+    assert [service.get("wechat", "wx1").value for _ in range(5)] == [first.value] * 5
+    assert len(provider.calls) == 1
+
+
+def test_token_is_served_until_margin_before_expiry(service: TokenService, provider: FakeProvider,
+                                                     clock: Clock) -> None:
+    first = service.get("wechat", "wx1").value
+    clock.advance(7200 - 300 - 1)
+    assert service.get("wechat", "wx1").value == first
+    clock.advance(1)
+    assert service.get("wechat", "wx1").value != first
+    assert len(provider.calls) == 2
+
+
+def test_margin_is_at_most_half_the_reported_life(service: TokenService, provider: FakeProvider,
+                                                   clock: Clock) -> None:
+    # A stable token may report only 400 s left: margin 200 s, not 300 s,
+    # so it is served for 200 s instead of being re-fetched at once.
+    provider.life_s = 400
+    first = service.get("wechat", "wx1").value
+    clock.advance(199)
+    assert service.get("wechat", "wx1").value == first
+    clock.advance(1)
+    assert service.get("wechat", "wx1").value != first
+
+
+def test_same_token_returned_inside_margin_does_not_loop(service: TokenService, provider: FakeProvider,
+                                                         clock: Clock) -> None:
+    provider.rule = "same"
+    provider.life_s = 700
+    service.get("wechat", "wx1")
+    clock.advance(450)  # 250 s left: inside the 300 s margin
+    token = service.get("wechat", "wx1")
+    # The platform handed back the same token with 250 s left: it is served
+    # (margin capped at 125 s), and one call was made for it, not many.
+    assert token.value == "tok-1"
+    assert len(provider.calls) == 2
+    assert service.get("wechat", "wx1").value == "tok-1"
+    assert len(provider.calls) == 2
+
+
+def test_memory_entry_expires_after_local_cache_ttl(service: TokenService, shared: SharedStore,
+                                                    memory: MemoryTokenStore, clock: Clock) -> None:
+    service.get("wechat", "wx1")
+    # Another worker replaced the token in the shared store.
+    shared.tokens[KEY] = Token("from-other-worker", clock() + 7000, clock() + 1)
+    assert service.get("wechat", "wx1").value == "tok-1"
+    clock.advance(30)
+    assert service.get("wechat", "wx1").value == "from-other-worker"
+
+
+def test_shared_tier_backfills_memory(service: TokenService, shared: SharedStore, memory: MemoryTokenStore,
+                                      provider: FakeProvider, clock: Clock) -> None:
+    shared.tokens[KEY] = Token("stored", clock() + 7000, clock())
+    assert service.get("wechat", "wx1").value == "stored"
+    assert memory.get(KEY) is not None and memory.get(KEY).value == "stored"  # type: ignore[union-attr]
+    assert provider.calls == []
+
+
+def test_unknown_platform_lists_supported(service: TokenService) -> None:
+    with pytest.raises(UnknownPlatform) as info:
+        service.get("nope", "wx1")
+    assert "wechat" in info.value.message and info.value.status == 404
+
+
+def test_unknown_appid_is_404_and_bad_appid_is_400(service: TokenService, provider: FakeProvider) -> None:
+    with pytest.raises(UnknownApp):
+        service.get("wechat", "wx-missing")
+    with pytest.raises(BadRequest):
+        service.get("wechat", "bad appid!")
+    assert provider.calls == []
+
+
+def test_stale_token_that_is_not_current_returns_current_without_call(service: TokenService,
+                                                                       provider: FakeProvider) -> None:
+    current = service.get("wechat", "wx1").value
+    assert service.refresh("wechat", "wx1", stale_token="an-old-one").value == current
+    assert len(provider.calls) == 1
+
+
+def test_stale_token_that_is_current_is_replaced(service: TokenService, provider: FakeProvider) -> None:
+    current = service.get("wechat", "wx1").value
+    new = service.refresh("wechat", "wx1", stale_token=current)
+    assert new.value != current
+    assert provider.calls == [None, current]
+    assert service.get("wechat", "wx1").value == new.value
+
+
+def test_refresh_without_body_always_calls_platform(service: TokenService, provider: FakeProvider,
+                                                    clock: Clock) -> None:
+    first = service.get("wechat", "wx1").value
+    clock.advance(1)
+    second = service.refresh("wechat", "wx1").value
+    assert second != first and provider.calls == [None, first]
+
+
+def test_refresh_decides_from_shared_store_not_memory(service: TokenService, shared: SharedStore,
+                                                      provider: FakeProvider, clock: Clock) -> None:
+    mine = service.get("wechat", "wx1").value
+    # Another worker already replaced the token this worker still caches.
+    shared.tokens[KEY] = Token("newer", clock() + 7000, clock() + 1)
+    assert service.refresh("wechat", "wx1", stale_token=mine).value == "newer"
+    assert len(provider.calls) == 1
+
+
+def test_concurrent_gets_make_one_call(service: TokenService, provider: FakeProvider) -> None:
+    provider.delay_s = 0.05
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(service.get("wechat", "wx1").value))
+               for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(provider.calls) == 1 and set(results) == {"tok-1"}
+
+
+def test_concurrent_refreshes_coalesce(service: TokenService, provider: FakeProvider) -> None:
+    current = service.get("wechat", "wx1").value
+    provider.delay_s = 0.05
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        service.refresh("wechat", "wx1", stale_token=current).value)) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(provider.calls) == 2 and set(results) == {"tok-2"}
+
+
+def test_transient_failures_are_retried(service: TokenService, provider: FakeProvider) -> None:
+    provider.failures = [UpstreamError("wechat", "HTTP 500", retryable=True)] * 2
+    assert service.get("wechat", "wx1").value == "tok-3"
+    assert len(provider.calls) == 3
+
+
+def test_configuration_errors_are_not_retried(service: TokenService, provider: FakeProvider) -> None:
+    provider.failures = [UpstreamError("wechat", "invalid appsecret", errcode=40125)]
+    with pytest.raises(UpstreamError) as info:
+        service.get("wechat", "wx1")
+    assert info.value.errcode == 40125 and info.value.status == 502
+    assert len(provider.calls) == 1
+
+
+def test_retries_stop_after_the_attempt_limit(service: TokenService, provider: FakeProvider) -> None:
+    provider.failures = [UpstreamError("wechat", "busy", errcode=-1, retryable=True)] * 5
+    with pytest.raises(UpstreamError):
+        service.get("wechat", "wx1")
+    assert len(provider.calls) == 3
+
+
+def test_an_older_token_never_replaces_a_newer_one(shared: SharedStore, memory: MemoryTokenStore,
+                                                   clock: Clock) -> None:
+    newer = Token("newer", clock() + 7200, clock() + 10)
+    older = Token("older", clock() + 7200, clock())
+    assert shared.put(KEY, newer) and not shared.put(KEY, older)
+    assert memory.put(KEY, newer) and not memory.put(KEY, older)
+    assert memory.get(KEY).value == "newer"  # type: ignore[union-attr]
+
+
+def test_scheduler_refreshes_missing_and_due_tokens_only(service: TokenService, provider: FakeProvider,
+                                                         clock: Clock) -> None:
+    report = service.refresh_due()
+    assert report.refreshed == [KEY] and len(provider.calls) == 1
+    report = service.refresh_due()
+    assert report.fresh == [KEY] and len(provider.calls) == 1
+    # Enters its margin (7200 - 300) before the next tick (300 s away).
+    clock.advance(7200 - 600)
+    report = service.refresh_due()
+    assert report.refreshed == [KEY] and len(provider.calls) == 2
+
+
+def test_scheduler_reports_failures_and_keeps_going(service: TokenService, provider: FakeProvider) -> None:
+    provider.failures = [UpstreamError("wechat", "invalid appsecret", errcode=40125)]
+    report = service.refresh_due()
+    assert KEY in report.failed and report.failed[KEY].status == 502
+
+
+def test_shared_store_down_serves_from_memory(service: TokenService, shared: SharedStore,
+                                              provider: FakeProvider) -> None:
+    first = service.get("wechat", "wx1").value
+    shared.down = True
+    assert service.get("wechat", "wx1").value == first
+    assert len(provider.calls) == 1
+
+
+def test_forget_drops_token_from_every_tier(service: TokenService, shared: SharedStore,
+                                            memory: MemoryTokenStore) -> None:
+    service.get("wechat", "wx1")
+    service.forget("wechat", "wx1")
+    assert shared.get(KEY) is None and memory.get(KEY) is None
