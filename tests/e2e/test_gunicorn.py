@@ -1,0 +1,131 @@
+"""gunicorn with several workers against the fake WeChat over HTTP."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from pighand_token.adapters.sql import Database, MySQLParams, SqlCredentialRepository
+from pighand_token.domain import Credential
+from tests.conftest import MYSQL, REDIS, Gunicorn
+from tests.fakes.wechat import FakeWeChat
+
+STABLE = "/cgi-bin/stable_token"
+
+
+def seed(settings: dict[str, Any], *credentials: tuple[str, str]) -> None:
+    if settings.get("mysql_host"):
+        db = Database(mysql=MySQLParams(host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["user"],
+                                        database=settings["mysql_database"]))
+    else:
+        db = Database(sqlite_path=settings["sqlite_path"])
+    SqlCredentialRepository(db).add_many(Credential("wechat", appid, secret) for appid, secret in credentials)
+    db.close()
+
+
+def storage(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    settings: dict[str, Any] = {"sqlite_path": str(tmp_path / "pighand.sqlite3")}
+    if "mysql" in kind:
+        settings.update(mysql_host=MYSQL["host"], mysql_port=MYSQL["port"],
+                        mysql_database=request.getfixturevalue("mysql_db"))
+    if "redis" in kind:
+        settings.update(redis_host=REDIS["host"], redis_port=REDIS["port"],
+                        redis_key_prefix=request.getfixturevalue("redis_prefix"))
+    return settings
+
+
+def envelope(response: requests.Response) -> dict[str, Any]:
+    data = response.json()
+    assert data["code"] == response.status_code
+    return dict(data)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mysql", "redis+mysql"])
+def test_concurrent_cold_gets_over_four_workers_make_one_call(kind: str, tmp_path: Path, wechat: FakeWeChat,
+                                                              request: pytest.FixtureRequest) -> None:
+    settings = storage(kind, tmp_path, request)
+    seed(settings, ("wx_app_1", "s3cr3t-wx-1"))
+    wechat.delay(0.2)  # a slow platform widens the race
+    with Gunicorn(tmp_path, workers=4, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+                  **settings) as server:
+        with requests.Session() as http, ThreadPoolExecutor(40) as pool:
+            answers = list(pool.map(lambda _: requests.get(f"{server.base_url}/token/wechat/wx_app_1", timeout=30),
+                                    range(80)))
+        assert [a.status_code for a in answers] == [200] * 80, server.log()
+        assert len({envelope(a)["data"] for a in answers}) == 1
+        assert wechat.count(STABLE) == 1
+        del http
+
+
+def test_put_on_one_worker_is_served_by_all_with_redis(tmp_path: Path, wechat: FakeWeChat,
+                                                       request: pytest.FixtureRequest) -> None:
+    settings = storage("redis+sqlite", tmp_path, request)
+    seed(settings, ("wx_app_1", "s3cr3t-wx-1"))
+    with Gunicorn(tmp_path, workers=3, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+                  **settings) as server:
+        url = f"{server.base_url}/token/wechat/wx_app_1"
+        old = envelope(requests.get(url, timeout=10))["data"]
+        new = envelope(requests.put(url, json={"stale_token": old}, timeout=10))["data"]
+        assert new != old and wechat.is_valid(new)
+        # Redis is read first, so no worker serves the replaced token.
+        assert {envelope(requests.get(url, timeout=10))["data"] for _ in range(30)} == {new}
+
+
+def test_scheduler_warms_tokens_once_across_four_workers(tmp_path: Path, wechat: FakeWeChat,
+                                                         request: pytest.FixtureRequest) -> None:
+    wechat.add_app("wx_app_2", "s3cr3t-wx-2")
+    settings = storage("sqlite", tmp_path, request)
+    seed(settings, ("wx_app_1", "s3cr3t-wx-1"), ("wx_app_2", "s3cr3t-wx-2"))
+    with Gunicorn(tmp_path, workers=4, wechat_api_base=wechat.base_url, is_enable_schedule=True,
+                  corn_interval=300, **settings) as server:
+        deadline = time.monotonic() + 15
+        while wechat.count(STABLE) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # every worker's first tick has run by now
+        assert wechat.count(STABLE, appid="wx_app_1") == 1, server.log()
+        assert wechat.count(STABLE, appid="wx_app_2") == 1
+        # Warm before the first request: answering makes no further call.
+        for appid in ("wx_app_1", "wx_app_2"):
+            assert requests.get(f"{server.base_url}/token/wechat/{appid}", timeout=10).status_code == 200
+        assert wechat.count(STABLE) == 2
+
+
+def test_scheduler_refreshes_before_expiry_once_per_tick(tmp_path: Path, wechat: FakeWeChat,
+                                                         request: pytest.FixtureRequest) -> None:
+    # 8 s tokens, 2 s ticks: a token is due 4 s before it dies (margin 2 s,
+    # plus one tick), so it is refreshed every ~4 s by exactly one worker.
+    wechat.add_app("wx_short", "short-secret", expires_in=8)
+    settings = storage("redis+sqlite", tmp_path, request)
+    seed(settings, ("wx_short", "short-secret"))
+    with Gunicorn(tmp_path, workers=4, wechat_api_base=wechat.base_url, is_enable_schedule=True,
+                  corn_interval=2, **settings) as server:
+        url = f"{server.base_url}/token/wechat/wx_short"
+        started = time.monotonic()
+        served = set()
+        while time.monotonic() - started < 9:
+            answer = requests.get(url, timeout=10)
+            assert answer.status_code == 200, server.log()
+            token = envelope(answer)["data"]
+            assert wechat.is_valid(token)
+            served.add(token)
+            time.sleep(0.2)
+        calls = wechat.count(STABLE)
+        # One warm-up call plus one per ~4 s; four uncoordinated workers would make four times as many.
+        assert 2 <= calls <= 4, server.log()
+        assert len(served) >= 2
+
+
+def test_quick_start_defaults_create_tables_on_first_start(tmp_path: Path, wechat: FakeWeChat) -> None:
+    sqlite_path = tmp_path / "fresh" / "pighand.sqlite3"
+    with Gunicorn(tmp_path, workers=2, sqlite_path=str(sqlite_path), wechat_api_base=wechat.base_url) as server:
+        answer = requests.get(f"{server.base_url}/token/wechat/wx_app_1", timeout=10)
+        assert answer.status_code == 404 and "platform add" in envelope(answer)["error"]
+        assert sqlite_path.exists()
+        seed({"sqlite_path": str(sqlite_path)}, ("wx_app_1", "s3cr3t-wx-1"))
+        answer = requests.get(f"{server.base_url}/token/wechat/wx_app_1", timeout=10)
+        assert answer.status_code == 200 and wechat.is_valid(envelope(answer)["data"])
