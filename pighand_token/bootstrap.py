@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import requests
 
 from .adapters import redis as redis_adapters
+from .adapters.fallback import FallbackLocks
 from .adapters.memory import MemoryTokenStore
-from .adapters.sql import Database, MySQLParams, SqlCredentialRepository, SqlLocks, SqlTokenStore
+from .adapters.sql import Database, MySQLParams, SqlCooldowns, SqlCredentialRepository, SqlLocks, SqlTokenStore
 from .config import Settings
 from .errors import SettingsError
-from .ports import Clock, Locks, TokenStore
+from .ports import Clock, Cooldowns, FallbackStore, Locks, TokenStore
 from .providers import REGISTRY
 from .service import Policy, TokenService
 
@@ -61,22 +62,32 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
 
     stores: list[TokenStore]
     locks: Locks
+    cooldowns: Cooldowns
+    fallback: FallbackStore | None = None
     if settings.uses_redis:
         client = redis_adapters.connect(
-            host=settings.redis_host, port=settings.redis_port, password=settings.redis_pwd,
-            db=settings.redis_db, timeout_s=min(settings.upstream_timeout, 2.0),
+            url=settings.redis_url, host=settings.redis_host, port=settings.redis_port,
+            password=settings.redis_pwd, db=settings.redis_db, sentinels=settings.redis_sentinels,
+            sentinel_master=settings.redis_sentinel_master, timeout_s=min(settings.upstream_timeout, 2.0),
         )
-        redis_store = redis_adapters.RedisTokenStore(
-            client, clock=clock, margin_s=settings.corn_interval, key_prefix=settings.redis_key_prefix,
-        )
-        # save_model auto: Redis + in-process; all: every tier.
+        breaker = redis_adapters.Breaker()
+        prefix = settings.redis_key_prefix
+        redis_store = redis_adapters.RedisTokenStore(client, clock=clock, margin_s=settings.corn_interval,
+                                                     key_prefix=prefix, breaker=breaker)
+        # save_model auto: Redis + in-process, with SQL taking the tokens
+        # only while Redis is down; all: every tier, always.
         stores = [redis_store, memory]
         if settings.save_model == "all":
             stores.append(sql)
-        locks = redis_adapters.RedisLocks(client, key_prefix=settings.redis_key_prefix)
+        else:
+            fallback = sql
+        locks = FallbackLocks(redis_adapters.RedisLocks(client, key_prefix=prefix, breaker=breaker),
+                              SqlLocks(db, clock))
+        cooldowns = redis_adapters.RedisCooldowns(client, clock=clock, key_prefix=prefix, breaker=breaker)
     else:
         stores = [memory, sql]
         locks = SqlLocks(db, clock)
+        cooldowns = SqlCooldowns(db)
 
     http = requests.Session()
     http.headers["User-Agent"] = "pighand-token"
@@ -86,8 +97,10 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
         providers[platform] = cls(session=http, base_url=base_url, timeout_s=settings.upstream_timeout,
                                   clock=clock, options=options)
     service = TokenService(
-        credentials=credentials, stores=stores, locks=locks, providers=providers, clock=clock,
-        policy=Policy(margin_s=settings.corn_interval, upstream_timeout_s=settings.upstream_timeout),
+        credentials=credentials, stores=stores, fallback=fallback, locks=locks, providers=providers,
+        cooldowns=cooldowns, clock=clock,
+        policy=Policy(margin_s=settings.corn_interval, upstream_timeout_s=settings.upstream_timeout,
+                      cooldown_base_s=settings.failure_cooldown),
     )
     return Container(settings=settings, db=db, credentials=credentials, stores=stores, locks=locks,
                      service=service, http=http)

@@ -75,5 +75,22 @@ class Token:
         return other is None or self.fetched_at > other.fetched_at
 
 
+@dataclass(frozen=True)
+class Cooldown:
+    """After a failed platform call, no new call for this app until ``until``.
+
+    ``failures`` counts consecutive failures; each doubles the pause.
+    ``message`` and ``errcode`` are the last platform error, for callers.
+    """
+
+    failures: int
+    until: float
+    message: str
+    errcode: int | str | None = None
+
+    def active(self, now: float) -> bool:
+        return now < self.until
+
+
 def valid_appid(appid: str) -> bool:
     return APPID_PATTERN.fullmatch(appid) is not None

@@ -71,7 +71,7 @@ class UpstreamError(PighandError):
     status = 502
 
     def __init__(self, platform: str, message: str, *, errcode: int | str | None = None,
-                 retryable: bool = False) -> None:
+                 retryable: bool = False, pause_s: float | None = None) -> None:
         detail = f"{platform} platform error"
         if errcode is not None:
             detail += f" {errcode}"
@@ -80,6 +80,8 @@ class UpstreamError(PighandError):
         self.errcode = errcode
         self.retryable = retryable
         self.platform_message = message
+        # How long the platform wants to be left alone (quota, rate limit).
+        self.pause_s = pause_s
 
 
 class UpstreamTimeout(UpstreamError):

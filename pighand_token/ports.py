@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from .domain import Credential, Token, TokenKey
+from .domain import Cooldown, Credential, Token, TokenKey
 
 Clock = Callable[[], float]
 
@@ -42,6 +42,25 @@ class TokenStore(Protocol):
         """Store unless the tier holds a token fetched later; True if written."""
 
     def delete(self, key: TokenKey) -> None: ...
+
+
+class FallbackStore(TokenStore, Protocol):
+    """A shared tier written only while the tiers above it fail (SQL under
+    Redis with save_model auto)."""
+
+    def discard_older(self, key: TokenKey, fetched_at: float) -> None:
+        """Drop a stored token fetched before ``fetched_at``: once the tiers
+        above hold a newer one, a leftover row must never be served."""
+
+
+class Cooldowns(Protocol):
+    """Per-app pause after failed platform calls, seen by every worker."""
+
+    def get(self, key: TokenKey) -> Cooldown | None: ...
+
+    def record(self, key: TokenKey, cooldown: Cooldown) -> None: ...
+
+    def clear(self, key: TokenKey) -> None: ...
 
 
 class Locks(Protocol):

@@ -6,22 +6,30 @@ back-filling the tiers above the one that answered. A miss takes the
 per-token lock (threads of this process first, then the cross-process lock),
 reads the shared tiers again, and only then calls the platform, so every
 worker and instance together make one call per token.
+
+Faults: a tier that fails is skipped (one warning per interval); a token
+inside its margin is still served, until its real expiry, while a refresh is
+under way or failing; after a failed call the app rests for a cooldown that
+doubles per failure, shared by every worker.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .domain import Credential, Token, TokenKey, valid_appid
+from .domain import Cooldown, Credential, Token, TokenKey, valid_appid
 from .errors import BadRequest, PighandError, Unavailable, UnknownApp, UnknownPlatform, UpstreamError
-from .ports import Clock, CredentialRepository, Locks, Provider, TokenStore
+from .ports import Clock, Cooldowns, CredentialRepository, FallbackStore, Locks, Provider, TokenStore
 
 log = logging.getLogger(__name__)
+
+MAX_COOLDOWN_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,8 @@ class Policy:
     upstream_timeout_s: float = 5.0
     retry_attempts: int = 3
     retry_base_s: float = 0.2
+    cooldown_base_s: float = 5.0
+    """First pause after a failed call; doubles per failure up to 5 minutes."""
 
     @property
     def upstream_budget_s(self) -> float:
@@ -48,6 +58,10 @@ class Policy:
     def lock_wait_s(self) -> float:
         return self.upstream_budget_s + 1.0
 
+    def cooldown_s(self, failures: int, pause_hint_s: float | None = None) -> float:
+        doubled = self.cooldown_base_s * 2 ** max(0, failures - 1)
+        return min(MAX_COOLDOWN_S, max(doubled, pause_hint_s or 0.0))
+
 
 @dataclass
 class RefreshReport:
@@ -56,17 +70,28 @@ class RefreshReport:
     failed: dict[TokenKey, PighandError] = field(default_factory=dict)
 
 
+@dataclass
+class _Found:
+    servable: Token | None = None
+    # Inside its margin but not yet expired: served only when refreshing fails.
+    usable: Token | None = None
+
+
 class TokenService:
     def __init__(self, *, credentials: CredentialRepository, stores: Sequence[TokenStore], locks: Locks,
-                 providers: Mapping[str, Provider], clock: Clock = time.time, policy: Policy | None = None,
+                 providers: Mapping[str, Provider], cooldowns: Cooldowns, fallback: FallbackStore | None = None,
+                 clock: Clock = time.time, policy: Policy | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        if not any(s.shared for s in stores):
+        if not any(s.shared for s in stores) and fallback is None:
             raise ValueError("at least one shared token store is required")
         self.credentials = credentials
         self.stores = list(stores)
-        self.shared_stores = [s for s in self.stores if s.shared]
+        self.fallback = fallback
+        self._read_order: list[TokenStore] = self.stores + ([fallback] if fallback is not None else [])
+        self._shared: list[TokenStore] = [s for s in self._read_order if s.shared]
         self.locks = locks
         self.providers = dict(providers)
+        self.cooldowns = cooldowns
         self.clock = clock
         self.policy = policy or Policy()
         self._sleep = sleep
@@ -87,19 +112,30 @@ class TokenService:
         return TokenKey(platform, appid)
 
     def get(self, platform: str, appid: str) -> Token:
-        """A token that is good for at least the margin: from the first tier
-        that has one, else from the platform (one call across all workers)."""
+        """A token good for at least the margin: from the first tier that has
+        one, else from the platform (one call across all workers)."""
         key = self.key(platform, appid)
-        token = self._read(key)
-        if token is not None:
-            return token
+        found = self._read(key)
+        if found.servable is not None:
+            return found.servable
+        usable = found.usable
 
         def work() -> Token:
             # Whoever held the lock before us may have fetched it already.
-            token = self._read(key)
-            return token if token is not None else self._fetch_and_store(key)
+            again = self._read(key).servable
+            return again if again is not None else self._fetch_and_store(key)
 
-        return self._locked(key, work)
+        if usable is None:
+            return self._locked(key, work)
+        # The token is inside its margin but still valid: refresh it, but if
+        # another worker is already doing so, or the platform fails, keep
+        # serving it rather than making callers wait or fail.
+        try:
+            return self._locked(key, work, on_busy=lambda: usable)
+        except (UpstreamError, Unavailable) as exc:
+            log.warning("refresh of %s failed (%s); serving the current token inside its margin, "
+                        "%.0f s before it expires", key, exc.message, usable.expires_at - self.clock())
+            return usable
 
     # -- commands ----------------------------------------------------------
     def refresh(self, platform: str, appid: str, *, stale_token: str | None = None) -> Token:
@@ -155,71 +191,103 @@ class TokenService:
         return report
 
     def forget(self, platform: str, appid: str) -> None:
-        """Drop a token from every tier (after its credential is removed)."""
+        """Drop a token and its cooldown everywhere (credential removed or
+        replaced)."""
         key = TokenKey(platform, appid)
-        for store in self.stores:
+        for store in self._read_order:
             try:
                 store.delete(key)
             except Unavailable as exc:
-                self._warn_store(store, exc)
+                self._warn(store.name, exc)
+        self.clear_cooldown(key)
+
+    def clear_cooldown(self, key: TokenKey) -> None:
+        try:
+            self.cooldowns.clear(key)
+        except Unavailable as exc:
+            self._warn("cooldown", exc)
 
     # -- tiers -------------------------------------------------------------
-    def _servable(self, token: Token | None) -> bool:
-        return token is not None and token.servable(self.clock(), self.policy.margin_s)
-
-    def _read(self, key: TokenKey) -> Token | None:
-        for index, store in enumerate(self.stores):
+    def _read(self, key: TokenKey) -> _Found:
+        found = _Found()
+        now = self.clock()
+        for index, store in enumerate(self._read_order):
             try:
                 token = store.get(key)
             except Unavailable as exc:
-                self._warn_store(store, exc)
+                self._warn(store.name, exc)
                 continue
-            if token is not None and self._servable(token):
-                for higher in self.stores[:index]:
+            if token is None:
+                continue
+            if token.servable(now, self.policy.margin_s):
+                for higher in self._read_order[:index]:
                     self._put(higher, key, token)
-                return token
-        return None
+                found.servable = token
+                return found
+            if now < token.expires_at and token.newer_than(found.usable):
+                found.usable = token
+        return found
 
     def _read_shared(self, key: TokenKey) -> Token | None:
         newest: Token | None = None
-        for store in self.shared_stores:
+        now = self.clock()
+        for store in self._shared:
             try:
                 token = store.get(key)
             except Unavailable as exc:
-                self._warn_store(store, exc)
+                self._warn(store.name, exc)
                 continue
-            if token is not None and self._servable(token) and token.newer_than(newest):
+            if token is not None and token.servable(now, self.policy.margin_s) and token.newer_than(newest):
                 newest = token
         return newest
 
-    def _put(self, store: TokenStore, key: TokenKey, token: Token) -> None:
+    def _put(self, store: TokenStore, key: TokenKey, token: Token) -> bool:
+        """Write one tier; False if it failed (it is then skipped, not fatal)."""
         try:
             store.put(key, token)
+            return True
         except Unavailable as exc:
-            self._warn_store(store, exc)
+            self._warn(store.name, exc)
+            return False
 
     def _write(self, key: TokenKey, token: Token) -> None:
+        shared_ok = False
         for store in self.stores:
-            self._put(store, key, token)
+            if self._put(store, key, token) and store.shared:
+                shared_ok = True
+        if self.fallback is None:
+            return
+        if not shared_ok:
+            # Redis is down: keep the token in SQL so no worker loses it.
+            self._put(self.fallback, key, token)
+            return
+        try:
+            self.fallback.discard_older(key, token.fetched_at)
+        except Unavailable as exc:
+            self._warn(self.fallback.name, exc)
 
-    def _warn_store(self, store: TokenStore, exc: Unavailable) -> None:
-        # One warning per store per margin interval, not one per request.
+    def _warn(self, tier: str, exc: Unavailable) -> None:
+        # One warning per tier per interval, not one per request.
         now = time.monotonic()
-        if now - self._warned_at.get(store.name, -1e9) >= self.policy.margin_s:
-            self._warned_at[store.name] = now
-            log.warning("%s tier unavailable, serving from the others: %s", store.name, exc.message)
+        if now - self._warned_at.get(tier, -math.inf) >= self.policy.margin_s:
+            self._warned_at[tier] = now
+            log.warning("%s unavailable, carrying on without it: %s", tier, exc.message)
 
     # -- the platform --------------------------------------------------------
-    def _locked(self, key: TokenKey, work: Callable[[], Token]) -> Token:
+    def _locked(self, key: TokenKey, work: Callable[[], Token],
+                on_busy: Callable[[], Token] | None = None) -> Token:
+        """Run ``work`` holding the token's lock. With ``on_busy``, do not wait
+        for a lock someone else holds: answer ``on_busy()`` instead."""
+        wait_s = 0.0 if on_busy is not None else self.policy.lock_wait_s
+        busy = on_busy or (lambda: self._waited_too_long(key))
         flight = self._flight(key)
-        if not flight.acquire(timeout=self.policy.lock_wait_s):
-            return self._waited_too_long(key)
+        acquired = flight.acquire(timeout=wait_s) if wait_s > 0 else flight.acquire(blocking=False)
+        if not acquired:
+            return busy()
         try:
             with self.locks.hold(f"token:{key.platform}:{key.appid}", lease_s=self.policy.lock_lease_s,
-                                 wait_s=self.policy.lock_wait_s) as held:
-                if not held:
-                    return self._waited_too_long(key)
-                return work()
+                                 wait_s=wait_s) as held:
+                return work() if held else busy()
         finally:
             flight.release()
 
@@ -231,7 +299,7 @@ class TokenService:
             return flight
 
     def _waited_too_long(self, key: TokenKey) -> Token:
-        token = self._read(key)
+        token = self._read(key).servable
         if token is not None:
             return token
         raise Unavailable(f"timed out waiting for another worker's refresh of {key}; try again")
@@ -242,11 +310,50 @@ class TokenService:
             credential = self.credentials.get(key.platform, key.appid)
             if credential is None:
                 raise UnknownApp(key.platform, key.appid)
-        token = self._call(self.providers[key.platform], credential, replacing)
+        cooldown = self._cooldown(key)
+        if cooldown is not None and cooldown.active(self.clock()):
+            raise self._resting(key, cooldown)
+        try:
+            token = self._call(self.providers[key.platform], credential, replacing)
+        except UpstreamError as exc:
+            self._record_failure(key, cooldown, exc)
+            raise
+        if cooldown is not None:
+            self.clear_cooldown(key)
         self._write(key, token)
         log.info("fetched a new %s token for appid %s, expires in %.0f s",
                  key.platform, key.appid, token.expires_at - self.clock())
         return token
+
+    def _cooldown(self, key: TokenKey) -> Cooldown | None:
+        try:
+            return self.cooldowns.get(key)
+        except Unavailable as exc:
+            self._warn("cooldown", exc)
+            return None
+
+    def _record_failure(self, key: TokenKey, previous: Cooldown | None, exc: UpstreamError) -> None:
+        failures = (previous.failures if previous else 0) + 1
+        pause_s = self.policy.cooldown_s(failures, exc.pause_s)
+        cooldown = Cooldown(failures, self.clock() + pause_s, exc.platform_message, exc.errcode)
+        try:
+            self.cooldowns.record(key, cooldown)
+        except Unavailable as warn:
+            self._warn("cooldown", warn)
+        level = logging.ERROR if exc.pause_s else logging.WARNING
+        log.log(level, "%s: no new call for %.0f s after %d failure(s): %s",
+                key, pause_s, failures, exc.message)
+
+    def _resting(self, key: TokenKey, cooldown: Cooldown) -> UpstreamError:
+        wait_s = max(1, math.ceil(cooldown.until - self.clock()))
+        error = UpstreamError(
+            key.platform,
+            f"{cooldown.message}; no new call for appid {key.appid} for {wait_s} s "
+            f"after {cooldown.failures} failure(s)",
+            errcode=cooldown.errcode,
+        )
+        error.headers["Retry-After"] = str(wait_s)
+        return error
 
     def _call(self, provider: Provider, credential: Credential, replacing: str | None) -> Token:
         """Call the platform, retrying transient failures (5xx, timeouts,

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from ..domain import Credential, Token, TokenKey
+from ..domain import Cooldown, Credential, Token, TokenKey
 from ..errors import Conflict
 from ..ports import Clock
 
@@ -107,3 +107,17 @@ class MemoryLocks:
                 return False
             self._leases[name] = now + lease_s
             return True
+
+
+class MemoryCooldowns:
+    def __init__(self) -> None:
+        self._entries: dict[TokenKey, Cooldown] = {}
+
+    def get(self, key: TokenKey) -> Cooldown | None:
+        return self._entries.get(key)
+
+    def record(self, key: TokenKey, cooldown: Cooldown) -> None:
+        self._entries[key] = cooldown
+
+    def clear(self, key: TokenKey) -> None:
+        self._entries.pop(key, None)

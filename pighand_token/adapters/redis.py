@@ -16,16 +16,20 @@ overwrites one fetched later, whichever worker finishes last.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis.exceptions import LockError, RedisError
+from redis.sentinel import Sentinel
 
-from ..domain import Token, TokenKey
+from ..domain import Cooldown, Token, TokenKey
 from ..errors import Unavailable
 from ..ports import Clock
+
+T = TypeVar("T")
 
 _PUT_SCRIPT = """
 local current = redis.call('HGET', KEYS[1], 'fetched_at')
@@ -43,24 +47,57 @@ return 1
 """
 
 
-def connect(*, host: str, port: int, password: str, db: int, timeout_s: float) -> redis.Redis:
-    """A client; it opens no connection until the first command."""
-    return redis.Redis(
-        host=host, port=port, password=password or None, db=db,
-        socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-        health_check_interval=30, decode_responses=True,
-    )
+class Breaker:
+    """After Redis fails, skip it for ``pause_s`` instead of paying a
+    connection timeout on every request; then try again."""
+
+    def __init__(self, pause_s: float = 2.0) -> None:
+        self.pause_s = pause_s
+        self._open_until = 0.0
+
+    def call(self, fn: Callable[[], T]) -> T:
+        if time.monotonic() < self._open_until:
+            raise Unavailable("redis unavailable (recent failure; retrying shortly)")
+        try:
+            return fn()
+        except RedisError as exc:
+            self._open_until = time.monotonic() + self.pause_s
+            raise Unavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from None
+
+
+def connect(*, url: str = "", host: str = "", port: int = 6379, password: str = "", db: int = 0,
+            sentinels: str = "", sentinel_master: str = "", timeout_s: float = 2.0) -> redis.Redis:
+    """A client; it opens no connection until the first command.
+
+    ``url`` (redis://, rediss:// for TLS, unix://) wins over host/port;
+    ``sentinels`` ("host:port,host:port") with ``sentinel_master`` asks
+    Sentinel for the current master on every reconnect.
+    """
+    options: dict[str, Any] = dict(socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                   health_check_interval=30, decode_responses=True)
+    if sentinels:
+        nodes = []
+        for item in sentinels.split(","):
+            node_host, _, node_port = item.strip().rpartition(":")
+            nodes.append((node_host, int(node_port)))
+        sentinel = Sentinel(nodes, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        return sentinel.master_for(sentinel_master, password=password or None, db=db, **options)
+    if url:
+        return redis.Redis.from_url(url, **options)
+    return redis.Redis(host=host, port=port, password=password or None, db=db, **options)
 
 
 class RedisTokenStore:
     name = "redis"
     shared = True
 
-    def __init__(self, client: redis.Redis, *, clock: Clock, margin_s: float, key_prefix: str = "") -> None:
+    def __init__(self, client: redis.Redis, *, clock: Clock, margin_s: float, key_prefix: str = "",
+                 breaker: Breaker | None = None) -> None:
         self._client = client
         self._clock = clock
         self._margin_s = margin_s
         self._prefix = key_prefix
+        self._breaker = breaker or Breaker()
         self._put = client.register_script(_PUT_SCRIPT)
 
     def meta_key(self, key: TokenKey) -> str:
@@ -70,10 +107,7 @@ class RedisTokenStore:
         return f"{self._prefix}{key.redis_key}"
 
     def get(self, key: TokenKey) -> Token | None:
-        try:
-            fields: dict[str, str] = self._client.hgetall(self.meta_key(key))  # type: ignore[assignment]
-        except RedisError as exc:
-            raise Unavailable(f"redis unavailable: {exc}") from None
+        fields: dict[str, str] = self._breaker.call(lambda: self._client.hgetall(self.meta_key(key)))  # type: ignore
         if not fields:
             return None
         try:
@@ -89,16 +123,11 @@ class RedisTokenStore:
             return False
         raw_ms = max(0, math.floor((token.serve_until(self._margin_s) - now) * 1000))
         args: list[Any] = [token.value, repr(token.expires_at), repr(token.fetched_at), meta_ms, raw_ms]
-        try:
-            return bool(self._put(keys=[self.meta_key(key), self.raw_key(key)], args=args))
-        except RedisError as exc:
-            raise Unavailable(f"redis unavailable: {exc}") from None
+        keys = [self.meta_key(key), self.raw_key(key)]
+        return bool(self._breaker.call(lambda: self._put(keys=keys, args=args)))
 
     def delete(self, key: TokenKey) -> None:
-        try:
-            self._client.delete(self.meta_key(key), self.raw_key(key))
-        except RedisError as exc:
-            raise Unavailable(f"redis unavailable: {exc}") from None
+        self._breaker.call(lambda: self._client.delete(self.meta_key(key), self.raw_key(key)))
 
 
 class RedisLocks:
@@ -108,18 +137,16 @@ class RedisLocks:
 
     SLEEP_S = 0.02
 
-    def __init__(self, client: redis.Redis, key_prefix: str = "") -> None:
+    def __init__(self, client: redis.Redis, key_prefix: str = "", breaker: Breaker | None = None) -> None:
         self._client = client
         self._prefix = key_prefix
+        self._breaker = breaker or Breaker()
 
     @contextmanager
     def hold(self, name: str, *, lease_s: float, wait_s: float) -> Iterator[bool]:
         lock = self._client.lock(f"{self._prefix}pighand:lock:{name}", timeout=lease_s,
                                  sleep=self.SLEEP_S, blocking_timeout=wait_s)
-        try:
-            acquired = lock.acquire()
-        except RedisError as exc:
-            raise Unavailable(f"redis unavailable: {exc}") from None
+        acquired = self._breaker.call(lock.acquire)
         try:
             yield acquired
         finally:
@@ -132,8 +159,48 @@ class RedisLocks:
                     pass
 
     def claim(self, name: str, *, lease_s: float) -> bool:
-        try:
-            return bool(self._client.set(f"{self._prefix}pighand:lease:{name}", "1",
-                                         nx=True, px=max(1, int(lease_s * 1000))))
-        except RedisError as exc:
-            raise Unavailable(f"redis unavailable: {exc}") from None
+        key = f"{self._prefix}pighand:lease:{name}"
+        px = max(1, int(lease_s * 1000))
+        return bool(self._breaker.call(lambda: self._client.set(key, "1", nx=True, px=px)))
+
+
+class RedisCooldowns:
+    # The failure count outlives the pause, so the next failure doubles it.
+    KEEP_S = 600
+
+    def __init__(self, client: redis.Redis, *, clock: Clock, key_prefix: str = "",
+                 breaker: Breaker | None = None) -> None:
+        self._client = client
+        self._clock = clock
+        self._prefix = key_prefix
+        self._breaker = breaker or Breaker()
+
+    def _key(self, key: TokenKey) -> str:
+        return f"{self._prefix}pighand:cooldown:{key.platform}:{key.appid}"
+
+    def get(self, key: TokenKey) -> Cooldown | None:
+        fields: dict[str, str] = self._breaker.call(lambda: self._client.hgetall(self._key(key)))  # type: ignore
+        if not fields:
+            return None
+        errcode: int | str | None = fields.get("errcode") or None
+        if isinstance(errcode, str) and errcode.lstrip("-").isdigit():
+            errcode = int(errcode)
+        return Cooldown(int(fields.get("failures", 1)), float(fields.get("until", 0)),
+                        fields.get("message", ""), errcode)
+
+    def record(self, key: TokenKey, cooldown: Cooldown) -> None:
+        ttl_ms = max(1, int((cooldown.until - self._clock() + self.KEEP_S) * 1000))
+        mapping: dict[str, str | int] = {"failures": cooldown.failures, "until": repr(cooldown.until),
+                                         "message": cooldown.message,
+                   "errcode": "" if cooldown.errcode is None else str(cooldown.errcode)}
+
+        def write() -> None:
+            pipe = self._client.pipeline()
+            pipe.hset(self._key(key), mapping=mapping)
+            pipe.pexpire(self._key(key), ttl_ms)
+            pipe.execute()
+
+        self._breaker.call(write)
+
+    def clear(self, key: TokenKey) -> None:
+        self._breaker.call(lambda: self._client.delete(self._key(key)))

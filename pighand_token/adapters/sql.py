@@ -24,7 +24,7 @@ from typing import Any
 
 import pymysql
 
-from ..domain import Credential, Token, TokenKey
+from ..domain import Cooldown, Credential, Token, TokenKey
 from ..errors import Conflict, Unavailable
 from ..ports import Clock
 
@@ -58,6 +58,15 @@ SCHEMA = {
             owner VARCHAR(64) NOT NULL,
             expires_at DOUBLE NOT NULL
         ) DEFAULT CHARSET=utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS refresh_failure (
+            platform VARCHAR(32) NOT NULL,
+            appid VARCHAR(128) NOT NULL,
+            failures INT NOT NULL,
+            until DOUBLE NOT NULL,
+            errcode VARCHAR(64) NULL,
+            message TEXT NOT NULL,
+            PRIMARY KEY (platform, appid)
+        ) DEFAULT CHARSET=utf8mb4""",
     ],
     "sqlite": [
         """CREATE TABLE IF NOT EXISTS platform (
@@ -81,6 +90,15 @@ SCHEMA = {
             name TEXT NOT NULL PRIMARY KEY,
             owner TEXT NOT NULL,
             expires_at REAL NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS refresh_failure (
+            platform TEXT NOT NULL,
+            appid TEXT NOT NULL,
+            failures INTEGER NOT NULL,
+            until REAL NOT NULL,
+            errcode TEXT NULL,
+            message TEXT NOT NULL,
+            PRIMARY KEY (platform, appid)
         )""",
     ],
 }
@@ -365,6 +383,53 @@ class SqlTokenStore:
 
     def delete(self, key: TokenKey) -> None:
         self._db.execute("DELETE FROM token WHERE platform = ? AND appid = ?", (key.platform, key.appid))
+
+    def discard_older(self, key: TokenKey, fetched_at: float) -> None:
+        self._db.execute("DELETE FROM token WHERE platform = ? AND appid = ? AND fetched_at < ?",
+                         (key.platform, key.appid, fetched_at))
+
+
+class SqlCooldowns:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def get(self, key: TokenKey) -> Cooldown | None:
+        rows, _ = self._db.execute(
+            "SELECT failures, until, message, errcode FROM refresh_failure WHERE platform = ? AND appid = ?",
+            (key.platform, key.appid),
+        )
+        if not rows:
+            return None
+        failures, until, message, errcode = rows[0]
+        return Cooldown(int(failures), float(until), message, _errcode(errcode))
+
+    def record(self, key: TokenKey, cooldown: Cooldown) -> None:
+        errcode = None if cooldown.errcode is None else str(cooldown.errcode)
+        params = (key.platform, key.appid, cooldown.failures, cooldown.until, errcode, cooldown.message)
+        if self._db.dialect == "sqlite":
+            self._db.execute(
+                "INSERT INTO refresh_failure (platform, appid, failures, until, errcode, message) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (platform, appid) DO UPDATE SET "
+                "failures = excluded.failures, until = excluded.until, errcode = excluded.errcode, "
+                "message = excluded.message", params)
+        else:
+            self._db.execute(
+                "INSERT INTO refresh_failure (platform, appid, failures, until, errcode, message) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE failures = VALUES(failures), "
+                "until = VALUES(until), errcode = VALUES(errcode), message = VALUES(message)", params)
+
+    def clear(self, key: TokenKey) -> None:
+        self._db.execute("DELETE FROM refresh_failure WHERE platform = ? AND appid = ?", (key.platform, key.appid))
+
+
+def _errcode(raw: Any) -> int | str | None:
+    if raw is None:
+        return None
+    text = str(raw)
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 class SqlLocks:

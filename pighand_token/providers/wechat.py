@@ -22,6 +22,10 @@ from .base import HttpProvider, redact
 # Asking again soon can help: -1 system busy.
 RETRYABLE = {-1}
 
+# The platform will refuse again for a while: 45009 until the daily quota
+# is reset, 45011 until the next minute.
+PAUSES = {45009: 300.0, 45011: 60.0}
+
 # Codes whose cause an operator must fix; listed so the message can say what.
 HINTS = {
     40001: "AppSecret is wrong, or the token is not the latest",
@@ -98,4 +102,5 @@ class WeChatProvider(HttpProvider):
             if match:
                 hint = f"caller IP {match.group(1)} is not in the app's API IP whitelist"
         message = f"{hint} ({errmsg})" if hint else errmsg or "no errmsg"
-        return UpstreamError(self.platform, message, errcode=errcode, retryable=errcode in RETRYABLE)
+        return UpstreamError(self.platform, message, errcode=errcode, retryable=errcode in RETRYABLE,
+                             pause_s=PAUSES.get(errcode))

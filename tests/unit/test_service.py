@@ -8,7 +8,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pighand_token.adapters.memory import MemoryCredentialRepository, MemoryLocks, MemoryTokenStore
+from pighand_token.adapters.memory import (
+    MemoryCooldowns,
+    MemoryCredentialRepository,
+    MemoryLocks,
+    MemoryTokenStore,
+)
 from pighand_token.domain import Credential, Token, TokenKey
 from pighand_token.errors import BadRequest, Unavailable, UnknownApp, UnknownPlatform, UpstreamError
 from pighand_token.service import Policy, TokenService
@@ -112,6 +117,7 @@ def make_service(clock: Clock, provider: FakeProvider, shared: SharedStore, memo
     return TokenService(
         credentials=MemoryCredentialRepository([Credential("wechat", "wx1", "secret-1")]),
         stores=[memory, shared], locks=MemoryLocks(clock), providers={"wechat": provider}, clock=clock,
+        cooldowns=MemoryCooldowns(),
         policy=Policy(margin_s=margin_s, upstream_timeout_s=1, **policy), sleep=lambda s: None,
     )
 
@@ -315,3 +321,98 @@ def test_forget_drops_token_from_every_tier(service: TokenService, shared: Share
     service.get("wechat", "wx1")
     service.forget("wechat", "wx1")
     assert shared.get(KEY) is None and memory.get(KEY) is None
+
+
+# -- faults ------------------------------------------------------------------
+class FallbackShared(SharedStore):
+    name = "fallback"
+
+    def discard_older(self, key: TokenKey, fetched_at: float) -> None:
+        current = self.tokens.get(key)
+        if current is not None and current.fetched_at < fetched_at:
+            del self.tokens[key]
+
+
+def test_failed_refresh_keeps_serving_token_inside_its_margin(service: TokenService, provider: FakeProvider,
+                                                              clock: Clock) -> None:
+    first = service.get("wechat", "wx1").value
+    clock.advance(7200 - 100)  # inside the margin, 100 s before it dies
+    provider.failures = [UpstreamError("wechat", "HTTP 500", retryable=True)] * 3
+    assert service.get("wechat", "wx1").value == first
+    assert len(provider.calls) == 4
+    # In the cooldown the platform is left alone and the old token served.
+    assert service.get("wechat", "wx1").value == first
+    assert len(provider.calls) == 4
+    clock.advance(100)  # really expired now: nothing valid to serve
+    provider.failures = [UpstreamError("wechat", "invalid appsecret", errcode=40125)]
+    with pytest.raises(UpstreamError):
+        service.get("wechat", "wx1")
+
+
+def test_cooldown_doubles_per_failure_and_says_retry_after(service: TokenService, provider: FakeProvider,
+                                                           clock: Clock) -> None:
+    for expected_pause in (5, 10, 20):
+        provider.failures = [UpstreamError("wechat", "invalid appsecret", errcode=40125)]
+        with pytest.raises(UpstreamError):
+            service.get("wechat", "wx1")
+        with pytest.raises(UpstreamError) as info:
+            service.get("wechat", "wx1")  # inside the cooldown: no call
+        assert info.value.headers["Retry-After"] == str(expected_pause)
+        assert info.value.errcode == 40125 and "invalid appsecret" in info.value.message
+        clock.advance(expected_pause)
+    assert len(provider.calls) == 3
+    # Success clears the count: the next failure pauses 5 s again.
+    service.get("wechat", "wx1")
+    assert service.cooldowns.get(KEY) is None
+
+
+def test_cooldown_is_capped_at_five_minutes(clock: Clock, provider: FakeProvider, shared: SharedStore,
+                                            memory: MemoryTokenStore) -> None:
+    service = make_service(clock, provider, shared, memory)
+    for _ in range(10):
+        provider.failures = [UpstreamError("wechat", "busy", errcode=40125)]
+        with pytest.raises(UpstreamError):
+            service.get("wechat", "wx1")
+        cooldown = service.cooldowns.get(KEY)
+        assert cooldown is not None and cooldown.until - clock() <= 300
+        clock.advance(cooldown.until - clock())
+    assert cooldown is not None and cooldown.failures == 10
+
+
+def test_quota_exhausted_pauses_five_minutes_at_once(service: TokenService, provider: FakeProvider,
+                                                     clock: Clock) -> None:
+    provider.failures = [UpstreamError("wechat", "quota", errcode=45009, pause_s=300)]
+    with pytest.raises(UpstreamError):
+        service.get("wechat", "wx1")
+    clock.advance(299)
+    with pytest.raises(UpstreamError) as info:
+        service.get("wechat", "wx1")
+    assert info.value.headers["Retry-After"] == "1" and len(provider.calls) == 1
+
+
+def test_scheduler_respects_cooldown(service: TokenService, provider: FakeProvider) -> None:
+    provider.failures = [UpstreamError("wechat", "invalid appsecret", errcode=40125)]
+    assert KEY in service.refresh_due().failed
+    assert KEY in service.refresh_due().failed
+    assert len(provider.calls) == 1
+
+
+def test_shared_tier_down_writes_to_fallback_and_recovers(clock: Clock, provider: FakeProvider,
+                                                          shared: SharedStore) -> None:
+    fallback = FallbackShared()
+    memory = MemoryTokenStore(clock, ttl_s=0)  # no in-process cache, to see the tiers
+    service = TokenService(
+        credentials=MemoryCredentialRepository([Credential("wechat", "wx1", "secret-1")]),
+        stores=[shared, memory], fallback=fallback, locks=MemoryLocks(clock), providers={"wechat": provider},
+        cooldowns=MemoryCooldowns(), clock=clock, policy=Policy(margin_s=300), sleep=lambda s: None)
+    shared.down = True
+    first = service.get("wechat", "wx1").value
+    assert fallback.tokens[KEY].value == first
+    assert service.get("wechat", "wx1").value == first and len(provider.calls) == 1
+    # Back again: the token is back-filled from the fallback into the shared tier.
+    shared.down = False
+    assert service.get("wechat", "wx1").value == first and shared.tokens[KEY].value == first
+    # A fresh token written to the shared tier removes the older fallback row.
+    clock.advance(1)
+    second = service.refresh("wechat", "wx1").value
+    assert shared.tokens[KEY].value == second and KEY not in fallback.tokens
