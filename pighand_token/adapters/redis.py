@@ -190,13 +190,14 @@ class RedisCooldowns:
 
     def record(self, key: TokenKey, cooldown: Cooldown) -> None:
         ttl_ms = max(1, int((cooldown.until - self._clock() + self.KEEP_S) * 1000))
-        mapping: dict[str, str | int] = {"failures": cooldown.failures, "until": repr(cooldown.until),
-                                         "message": cooldown.message,
-                   "errcode": "" if cooldown.errcode is None else str(cooldown.errcode)}
+        mapping = {
+            "failures": cooldown.failures, "until": repr(cooldown.until), "message": cooldown.message,
+            "errcode": "" if cooldown.errcode is None else str(cooldown.errcode),
+        }
 
         def write() -> None:
             pipe = self._client.pipeline()
-            pipe.hset(self._key(key), mapping=mapping)
+            pipe.hset(self._key(key), mapping=mapping)  # type: ignore[arg-type]
             pipe.pexpire(self._key(key), ttl_ms)
             pipe.execute()
 
