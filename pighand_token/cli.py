@@ -74,7 +74,11 @@ def platform_add(platform: str, appid: str, secret: str | None, update: bool) ->
         secret = click.prompt("secret", hide_input=True)
     if not secret:
         raise click.ClickException("the secret must not be empty")
-    _container().credentials.add(Credential(platform, appid, secret), update=update)
+    container = _container()
+    container.credentials.add(Credential(platform, appid, secret), update=update)
+    if update:
+        # A replaced secret starts clean: no token or failure cooldown of the old one.
+        container.service.forget(platform, appid)
     click.echo(f"{'saved' if update else 'added'} {platform} {appid}")
 
 
@@ -112,8 +116,12 @@ def platform_remove(platform: str, appid: str) -> None:
 def platform_import(file: Path, update: bool) -> None:
     """Import credentials from CSV (header platform,appid,secret) or JSON
     (a list of objects, or one object per line). All rows or none."""
-    text = file.read_text(encoding="utf-8-sig")
-    rows = list(_json_rows(text) if text.lstrip()[:1] in ("[", "{") else _csv_rows(text))
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise click.ClickException(f"{file}: line {line}: not UTF-8 text") from None
+    rows = list(_json_rows(text, file) if text.lstrip()[:1] in ("[", "{") else _csv_rows(text, file))
     if not rows:
         raise click.ClickException(f"{file}: no rows")
     platforms = _container().service.platforms()
@@ -124,6 +132,8 @@ def platform_import(file: Path, update: bool) -> None:
             raise click.ClickException(f"{file}: line {line}: expected an object with platform, appid, secret")
         platform, appid, secret = (row.get(k) for k in ("platform", "appid", "secret"))
         for name, value in (("platform", platform), ("appid", appid), ("secret", secret)):
+            if value is not None and not isinstance(value, str):
+                raise click.ClickException(f"{file}: line {line}: {name} must be a string, not {type(value).__name__}")
             if not isinstance(value, str) or not value.strip():
                 raise click.ClickException(f"{file}: line {line}: {name} is missing or empty")
         assert isinstance(platform, str) and isinstance(appid, str) and isinstance(secret, str)
@@ -146,21 +156,24 @@ def platform_import(file: Path, update: bool) -> None:
                     f"{file}: line {seen[(c.platform, c.appid)]}: {c.platform} {c.appid} already exists "
                     "(use --update to replace it); nothing was imported")
     count = repo.add_many(credentials, update=update)
+    if update:
+        for c in credentials:
+            _container().service.forget(c.platform, c.appid)
     click.echo(f"imported {count} credential(s)")
 
 
-def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, str]]]:
+def _csv_rows(text: str, file: Path) -> Iterator[tuple[int, dict[str, str]]]:
     reader = csv.DictReader(io.StringIO(text))
     missing = {"platform", "appid", "secret"} - set(reader.fieldnames or [])
     if missing:
         raise click.ClickException(
-            f"line 1: CSV header must name platform, appid, secret (missing {', '.join(sorted(missing))})")
+            f"{file}: line 1: CSV header must name platform, appid, secret (missing {', '.join(sorted(missing))})")
     for row in reader:
         if any((v or "").strip() for v in row.values() if isinstance(v, str)):
             yield reader.line_num, row
 
 
-def _json_rows(text: str) -> Iterator[tuple[int, Any]]:
+def _json_rows(text: str, file: Path) -> Iterator[tuple[int, Any]]:
     """Objects with the line each starts on, from a JSON array or JSON Lines."""
     decoder = json.JSONDecoder()
     pos = 0
@@ -178,15 +191,19 @@ def _json_rows(text: str) -> Iterator[tuple[int, Any]]:
         pos = skip(pos, "," if in_array else "")
         if pos >= len(text):
             if in_array:
-                raise click.ClickException(f"line {text.count(chr(10)) + 1}: JSON array is not closed")
+                raise click.ClickException(f"{file}: line {text.count(chr(10)) + 1}: JSON array is not closed")
             return
         if in_array and text[pos] == "]":
+            rest = skip(pos + 1, "")
+            if rest < len(text):
+                raise click.ClickException(
+                    f"{file}: line {text.count(chr(10), 0, rest) + 1}: unexpected text after the JSON array")
             return
         line = text.count("\n", 0, pos) + 1
         try:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            raise click.ClickException(f"line {exc.lineno}: invalid JSON ({exc.msg})") from None
+            raise click.ClickException(f"{file}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
         yield line, value
 
 

@@ -8,13 +8,16 @@ The names are the original service's (``corn_interval``, ``save_model``,
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from dynaconf import Dynaconf, ValidationError, Validator
+from dynaconf import Dynaconf
 
 from .errors import SettingsError
 
@@ -46,6 +49,9 @@ class Settings:
     redis_pwd: str = ""
     redis_db: int = 0
     redis_key_prefix: str = ""
+    redis_url: str = ""
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = ""
     is_enable_schedule: bool = True
     corn_interval: int = 300
     save_model: str = "auto"
@@ -53,6 +59,7 @@ class Settings:
     wechat_api_base: str = "https://api.weixin.qq.com"
     wechat_token_mode: str = "stable"
     upstream_timeout: float = 5.0
+    failure_cooldown: float = 5.0
 
     @property
     def uses_mysql(self) -> bool:
@@ -60,106 +67,147 @@ class Settings:
 
     @property
     def uses_redis(self) -> bool:
-        return bool(self.redis_host)
+        return bool(self.redis_host or self.redis_url or self.redis_sentinels)
 
 
-def _validators() -> list[Validator]:
-    def one_of(name: str, allowed: tuple[str, ...]) -> Validator:
-        return Validator(
-            name,
-            is_in=allowed,
-            messages={"operations": f"{name}={{value!r}} is invalid: allowed values are {', '.join(allowed)}"},
+@dataclass(frozen=True)
+class _Rule:
+    """What one setting accepts, and how its ``PIGHAND_<NAME>`` text is read."""
+
+    kind: str  # "bool", "int", "number", "text" or "choice"
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    low_included: bool = False  # "number" only: may the value equal low?
+
+    @property
+    def allowed(self) -> str:
+        if self.kind == "bool":
+            return "true, false"
+        if self.kind == "int":
+            return f"a whole number >= {self.low:g}" + (f" and <= {self.high:g}" if self.high is not None else "")
+        if self.kind == "number":
+            return f"a number {'>=' if self.low_included else '>'} {self.low:g}"
+        if self.kind == "choice":
+            return ", ".join(self.choices)
+        return "a string"
+
+    def accepts(self, value: Any) -> bool:
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "text":
+            return isinstance(value, str)
+        if self.kind == "choice":
+            return isinstance(value, str) and value in self.choices
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.kind == "int":
+            return isinstance(value, int) and value >= (self.low or 0) and (self.high is None or value <= self.high)
+        low = self.low or 0
+        return math.isfinite(value) and (value >= low if self.low_included else value > low)
+
+    def from_env(self, text: str) -> Any:
+        """The typed value of an environment variable; text that does not
+        parse is returned as it is, so validation names what was given."""
+        if self.kind in ("text", "choice"):
+            return text
+        word = text.strip()
+        if self.kind == "bool":
+            return _BOOL_WORDS.get(word.lower(), text)
+        if self.kind == "int" and re.fullmatch(r"[+-]?[0-9]+", word):
+            return int(word)
+        if self.kind == "number":
+            try:
+                return float(word)
+            except ValueError:
+                return text
+        return text
+
+
+_BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False,
+               "on": True, "off": False}
+
+RULES: dict[str, _Rule] = {
+    "is_enable_env": _Rule("bool"),
+    "host": _Rule("text"),
+    "port": _Rule("int", 1, 65535),
+    "workers": _Rule("int", 0, 256),
+    "threads": _Rule("int", 0, 1024),
+    "log_level": _Rule("choice", choices=LOG_LEVELS),
+    "mysql_host": _Rule("text"),
+    "mysql_port": _Rule("int", 1, 65535),
+    "mysql_username": _Rule("text"),
+    "mysql_password": _Rule("text"),
+    "mysql_database": _Rule("text"),
+    "mysql_log": _Rule("bool"),
+    "sqlite_path": _Rule("text"),
+    "redis_host": _Rule("text"),
+    "redis_port": _Rule("int", 1, 65535),
+    "redis_pwd": _Rule("text"),
+    "redis_db": _Rule("int", 0, 10_000),
+    "redis_key_prefix": _Rule("text"),
+    "is_enable_schedule": _Rule("bool"),
+    "corn_interval": _Rule("int", 1),
+    "save_model": _Rule("choice", choices=SAVE_MODELS),
+    "local_cache_ttl": _Rule("int", 0),
+    "wechat_api_base": _Rule("text"),
+    "wechat_token_mode": _Rule("choice", choices=WECHAT_TOKEN_MODES),
+    "upstream_timeout": _Rule("number", 0),
+}
+SECTIONS = ("default", *ENVIRONMENTS)
+_RULES_BY_TYPE = {"str": _Rule("text"), "bool": _Rule("bool"), "int": _Rule("int", 0),
+                  "float": _Rule("number", 0, low_included=True)}
+
+
+def _rules() -> dict[str, _Rule]:
+    """A rule for every setting: its own from RULES, else one from its type."""
+    rules = {}
+    for f in fields(Settings):
+        if f.name == "env":
+            continue
+        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        rules[f.name] = RULES.get(f.name) or _RULES_BY_TYPE[type_name]
+    return rules
+
+
+def _read_files(env: str, files: list[str], label: dict[str, str]) -> dict[str, Any]:
+    """The [default] < [<env>] layers of the settings files (no environment
+    variables: those are read from ``environ`` by :func:`load_settings`)."""
+    for path in label:
+        try:
+            with open(path, "rb") as fh:
+                document = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"{label[path]}={path!r} is invalid: {_first_line(str(exc))}") from None
+        # dynaconf silently skips keys outside the environment sections.
+        stray = [key for key in document if key.lower() not in SECTIONS and not key.lower().startswith("dynaconf")]
+        if stray:
+            raise SettingsError(
+                f"{label[path]}={path!r} is invalid: unknown top-level key {stray[0]!r}; "
+                f"put settings under {', '.join(f'[{s}]' for s in SECTIONS)}"
+            )
+    try:
+        dyn = Dynaconf(
+            settings_files=files,
+            environments=True,
+            force_env=env,
+            # None turns off dynaconf's environment-variable loader entirely
+            # (it would also read DYNACONF_* and parse every value as TOML).
+            envvar_prefix=None,
+            load_dotenv=False,
+            merge_enabled=False,
         )
-
-    def integer(name: str, low: int, high: int | None = None) -> Validator:
-        allowed = f"a whole number >= {low}" + (f" and <= {high}" if high is not None else "")
-        checks: dict[str, Any] = {"gte": low}
-        if high is not None:
-            checks["lte"] = high
-        return Validator(
-            name,
-            is_type_of=int,
-            messages={
-                "operations": f"{name}={{value!r}} is invalid: allowed values are {allowed}",
-            },
-            **checks,
-        )
-
-    def number(name: str, low: float) -> Validator:
-        return Validator(
-            name,
-            is_type_of=(int, float),
-            gt=low,
-            messages={"operations": f"{name}={{value!r}} is invalid: allowed values are a number > {low}"},
-        )
-
-    def boolean(name: str) -> Validator:
-        return Validator(
-            name,
-            is_type_of=bool,
-            messages={"operations": f"{name}={{value!r}} is invalid: allowed values are true, false"},
-        )
-
-    def text(name: str) -> Validator:
-        return Validator(
-            name,
-            is_type_of=str,
-            messages={"operations": f"{name}={{value!r}} is invalid: allowed values are a string"},
-        )
-
-    return [
-        boolean("is_enable_env"),
-        text("host"),
-        integer("port", 1, 65535),
-        integer("workers", 0, 256),
-        integer("threads", 0, 1024),
-        one_of("log_level", LOG_LEVELS),
-        text("mysql_host"),
-        integer("mysql_port", 1, 65535),
-        text("mysql_username"),
-        text("mysql_password"),
-        text("mysql_database"),
-        boolean("mysql_log"),
-        text("sqlite_path"),
-        text("redis_host"),
-        integer("redis_port", 1, 65535),
-        text("redis_pwd"),
-        integer("redis_db", 0, 10_000),
-        text("redis_key_prefix"),
-        boolean("is_enable_schedule"),
-        integer("corn_interval", 1),
-        one_of("save_model", SAVE_MODELS),
-        integer("local_cache_ttl", 0),
-        text("wechat_api_base"),
-        one_of("wechat_token_mode", WECHAT_TOKEN_MODES),
-        number("upstream_timeout", 0),
-    ]
-
-
-def _build(env: str, *, with_env_vars: bool, settings_files: list[str]) -> Dynaconf:
-    return Dynaconf(
-        settings_files=settings_files,
-        environments=True,
-        env=env,
-        # None turns off dynaconf's environment-variable loader entirely.
-        envvar_prefix="PIGHAND" if with_env_vars else None,
-        load_dotenv=False,
-        merge_enabled=False,
-    )
-
-
-def _fix_string_types(raw: dict[str, Any]) -> dict[str, Any]:
-    # dynaconf parses PIGHAND_MYSQL_PASSWORD=1234 as the integer 1234; for the
-    # settings that are strings by nature keep the text the operator typed.
-    string_names = {f.name for f in fields(Settings) if f.type in ("str", str)}
-    return {k: (str(v) if k in string_names and isinstance(v, int | float) and not isinstance(v, bool) else v)
-            for k, v in raw.items()}
+        return {name: dyn.get(name) for name in _rules() if dyn.get(name) is not None}
+    except Exception as exc:  # noqa: BLE001 - dynaconf raises many kinds; all mean a bad file
+        raise SettingsError(f"settings files {', '.join(files)} are invalid: {_first_line(str(exc))}") from None
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None,
                   environ: Mapping[str, str] | None = None) -> Settings:
     """Read every layer, validate, and return typed settings.
 
+    ``environ`` (default ``os.environ``) supplies ``PIGHAND_ENV``,
+    ``PIGHAND_SETTINGS_FILE`` and the ``PIGHAND_<NAME>`` layer.
     ``overrides`` sit above every layer (tests and the CLI use them). Raises
     :class:`SettingsError` with one line naming the setting, its value and
     what is allowed.
@@ -170,36 +218,54 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
         raise SettingsError(
             f"PIGHAND_ENV={env!r} is invalid: allowed values are {', '.join(ENVIRONMENTS)}"
         )
-    files = [str(SETTINGS_DIR / "settings.toml")]
+    main = str(SETTINGS_DIR / "settings.toml")
+    files = [main]
+    label = {main: "settings file"}
+    local = SETTINGS_DIR / "settings.local.toml"
+    if local.is_file():
+        label[str(local)] = "settings file"
     extra = environ.get("PIGHAND_SETTINGS_FILE")
     if extra:
         if not Path(extra).is_file():
             raise SettingsError(f"PIGHAND_SETTINGS_FILE={extra!r} is invalid: no such file")
         files.append(extra)
+        label[extra] = "PIGHAND_SETTINGS_FILE"
+    raw = _read_files(env, files, label)
+    rules = _rules()
 
-    files_only = _build(env, with_env_vars=False, settings_files=files)
-    enable_env = files_only.get("is_enable_env", True)
-    env_switch = environ.get("PIGHAND_IS_ENABLE_ENV")
-    if env_switch is not None and env_switch.strip().lower() in ("false", "0", "no", "off"):
-        enable_env = False
-    dyn = _build(env, with_env_vars=bool(enable_env), settings_files=files) if enable_env else files_only
-    if overrides:
-        dyn.update({k.upper(): v for k, v in overrides.items()})
+    from_env = {name: rule.from_env(environ[f"PIGHAND_{name.upper()}"])
+                for name, rule in rules.items() if f"PIGHAND_{name.upper()}" in environ}
+    switch = from_env.get("is_enable_env")
+    if switch is False or (switch is None and raw.get("is_enable_env", True) is False):
+        raw["is_enable_env"] = False
+    elif raw.get("is_enable_env", True) is not False:
+        raw.update(from_env)
+    raw.update({k.lower(): v for k, v in (overrides or {}).items() if k.lower() in rules})
 
-    known = {f.name for f in fields(Settings)} - {"env"}
-    raw = {name: dyn.get(name) for name in known if dyn.get(name) is not None}
-    raw = _fix_string_types(raw)
-    checker = Dynaconf(settings_files=[], environments=False, envvar_prefix=None, load_dotenv=False)
-    checker.update({k.upper(): v for k, v in raw.items()})
-    checker.validators.register(*_validators())
-    try:
-        checker.validators.validate_all()
-    except ValidationError as exc:
-        raise SettingsError(_first_line(str(exc))) from None
-    values: dict[str, Any] = {k: checker.get(k) for k in raw}
-    if "upstream_timeout" in values:
-        values["upstream_timeout"] = float(values["upstream_timeout"])
-    return Settings(env=env, **values)
+    for name, rule in rules.items():
+        if name in raw and not rule.accepts(raw[name]):
+            raise SettingsError(f"{name}={raw[name]!r} is invalid: allowed values are {rule.allowed}")
+    for name, rule in rules.items():
+        if rule.kind == "number" and name in raw:
+            raw[name] = float(raw[name])
+    settings = Settings(env=env, **raw)
+    _check_combinations(settings)
+    return settings
+
+
+def _check_combinations(settings: Settings) -> None:
+    if settings.redis_url and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(
+            f"redis_url={settings.redis_url!r} is invalid: allowed values are redis://, rediss:// or unix:// URLs")
+    if settings.redis_sentinels:
+        for item in settings.redis_sentinels.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise SettingsError(f"redis_sentinels={settings.redis_sentinels!r} is invalid: "
+                                    "allowed values are host:port[,host:port...]")
+        if not settings.redis_sentinel_master:
+            raise SettingsError("redis_sentinel_master='' is invalid: allowed values are the master's name "
+                                "(required with redis_sentinels)")
 
 
 def _first_line(message: str) -> str:

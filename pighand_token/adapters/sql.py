@@ -136,6 +136,7 @@ class Database:
         self._local = threading.local()
         self._schema_ready = False
         self._schema_mutex = threading.Lock()
+        self._upgraded: list[str] = []
 
     @property
     def description(self) -> str:
@@ -203,6 +204,7 @@ class Database:
             cur = conn.cursor()
             for statement in SCHEMA[self.dialect]:
                 cur.execute(statement)
+            self._upgraded = self._add_missing_columns()
             self._schema_ready = True
 
     def close(self) -> None:
@@ -257,14 +259,24 @@ class Database:
             conn.commit()
 
     def init_schema(self) -> list[str]:
-        """Create missing tables and add timestamp columns an older
-        `platform` table lacks. Idempotent. Returns what it changed."""
+        """Create missing tables and add the timestamp columns an original
+        `platform` table lacks (done on a process's first connection too).
+        Idempotent. Returns what it changed."""
         self._conn()
+        return self._upgraded + self._add_missing_columns()
+
+    def _add_missing_columns(self) -> list[str]:
         changed: list[str] = []
         existing = self._columns("platform")
         for column, ddl in TIMESTAMP_COLUMNS[self.dialect].items():
             if column not in existing:
-                self.execute(f"ALTER TABLE platform ADD COLUMN {column} {ddl}")
+                try:
+                    self.execute(f"ALTER TABLE platform ADD COLUMN {column} {ddl}")
+                except (Unavailable, pymysql.MySQLError):
+                    # Another worker starting at the same moment added it first.
+                    if column not in self._columns("platform"):
+                        raise
+                    continue
                 changed.append(f"platform.{column}")
         return changed
 
