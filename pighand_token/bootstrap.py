@@ -18,7 +18,7 @@ from .adapters.sql import Database, MySQLParams, SqlCooldowns, SqlCredentialRepo
 from .config import Settings
 from .errors import SettingsError
 from .ports import Clock, Cooldowns, FallbackStore, Locks, TokenStore
-from .providers import REGISTRY
+from .providers import REGISTRY, ProviderContext
 from .service import Policy, TokenService
 
 
@@ -45,13 +45,6 @@ def build_database(settings: Settings) -> Database:
             connect_timeout=min(settings.upstream_timeout, 5.0), log_statements=settings.mysql_log,
         ))
     return Database(sqlite_path=settings.sqlite_path)
-
-
-def provider_options(settings: Settings, platform: str) -> tuple[str, dict[str, object]]:
-    """Base URL and options for one platform's provider."""
-    if platform == "wechat":
-        return settings.wechat_api_base, {"token_mode": settings.wechat_token_mode}
-    raise SettingsError(f"no settings for platform {platform!r}")
 
 
 def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
@@ -91,11 +84,8 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
 
     http = requests.Session()
     http.headers["User-Agent"] = "pighand-token"
-    providers = {}
-    for platform, cls in REGISTRY.items():
-        base_url, options = provider_options(settings, platform)
-        providers[platform] = cls(session=http, base_url=base_url, timeout_s=settings.upstream_timeout,
-                                  clock=clock, options=options)
+    context = ProviderContext(settings=settings, session=http, clock=clock, db=db)
+    providers = {platform: build(context) for platform, build in REGISTRY.items()}
     service = TokenService(
         credentials=credentials, stores=stores, fallback=fallback, locks=locks, providers=providers,
         cooldowns=cooldowns, clock=clock,

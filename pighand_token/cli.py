@@ -49,6 +49,15 @@ def _check(platform: str, appid: str) -> None:
         raise click.ClickException("appid must be 1-128 characters of A-Z a-z 0-9 _ . : -")
 
 
+def _credential_problem(platform: str, appid: str, secret: str) -> str | None:
+    """What the platform's provider says is wrong with this credential."""
+    try:
+        _container().service.providers[platform].check_credential(appid, secret)
+    except PighandError as exc:
+        return exc.message
+    return None
+
+
 # -- db ----------------------------------------------------------------------
 @db_cli.command("init")
 @_friendly
@@ -65,15 +74,24 @@ def db_init() -> None:
 @click.argument("platform")
 @click.argument("appid")
 @click.option("--secret", help="The app secret; prompted for (hidden) when omitted.")
+@click.option("--secret-file", type=click.File("r", encoding="utf-8"),
+              help="Read the secret from a file (e.g. a PEM private key); - for stdin.")
 @click.option("--update", is_flag=True, help="Replace the secret if the credential exists.")
 @_friendly
-def platform_add(platform: str, appid: str, secret: str | None, update: bool) -> None:
+def platform_add(platform: str, appid: str, secret: str | None, secret_file: Any, update: bool) -> None:
     """Add a credential."""
     _check(platform, appid)
+    if secret is not None and secret_file is not None:
+        raise click.ClickException("give --secret or --secret-file, not both")
+    if secret_file is not None:
+        secret = secret_file.read().strip()
     if secret is None:
         secret = click.prompt("secret", hide_input=True)
     if not secret:
         raise click.ClickException("the secret must not be empty")
+    problem = _credential_problem(platform, appid, secret)
+    if problem:
+        raise click.ClickException(problem)
     container = _container()
     container.credentials.add(Credential(platform, appid, secret), update=update)
     if update:
@@ -143,6 +161,9 @@ def platform_import(file: Path, update: bool) -> None:
                 f"{file}: line {line}: unknown platform {platform!r}; supported platforms: {', '.join(platforms)}")
         if not valid_appid(appid):
             raise click.ClickException(f"{file}: line {line}: appid must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+        problem = _credential_problem(platform, appid, secret)
+        if problem:
+            raise click.ClickException(f"{file}: line {line}: {problem}")
         if (platform, appid) in seen:
             raise click.ClickException(
                 f"{file}: line {line}: {platform} {appid} repeats line {seen[(platform, appid)]}")

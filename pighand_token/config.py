@@ -58,6 +58,11 @@ class Settings:
     local_cache_ttl: int = 30
     wechat_api_base: str = "https://api.weixin.qq.com"
     wechat_token_mode: str = "stable"
+    feishu_api_base: str = "https://open.feishu.cn"
+    lark_api_base: str = "https://open.larksuite.com"
+    wecom_api_base: str = "https://qyapi.weixin.qq.com"
+    dingtalk_api_base: str = "https://api.dingtalk.com"
+    alipay_gateway: str = "https://openapi.alipay.com/gateway.do"
     upstream_timeout: float = 5.0
     failure_cooldown: float = 5.0
 

@@ -83,3 +83,15 @@ class Provider(Protocol):
         whose platform returns the same token while it is valid use it to
         decide whether to force a new one. Raises UpstreamError.
         """
+
+    def appid_error(self, appid: str) -> str | None:
+        """Why a token appid is malformed for this platform, or None."""
+
+    def credential_appid(self, appid: str) -> str:
+        """The credential row's appid that serves this token appid."""
+
+    def check_credential(self, appid: str, secret: str) -> None:
+        """Raise BadRequest for a credential the platform cannot use."""
+
+    def token_appids(self, credential: Credential) -> list[str]:
+        """The token appids one credential serves (for the scheduler)."""

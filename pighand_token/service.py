@@ -21,7 +21,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .domain import Cooldown, Credential, Token, TokenKey, valid_appid
 from .errors import BadRequest, PighandError, Unavailable, UnknownApp, UnknownPlatform, UpstreamError
@@ -105,10 +105,14 @@ class TokenService:
 
     def key(self, platform: str, appid: str) -> TokenKey:
         """Validate a (platform, appid) pair from outside."""
-        if platform not in self.providers:
+        provider = self.providers.get(platform)
+        if provider is None:
             raise UnknownPlatform(platform, self.platforms())
         if not valid_appid(appid):
             raise BadRequest("appid must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+        problem = provider.appid_error(appid)
+        if problem:
+            raise BadRequest(problem)
         return TokenKey(platform, appid)
 
     def get(self, platform: str, appid: str) -> Token:
@@ -167,10 +171,7 @@ class TokenService:
         margin before the next tick (one ``margin_s`` from now)."""
         report = RefreshReport()
         horizon = self.policy.margin_s
-        for credential in self.credentials.list():
-            if credential.platform not in self.providers:
-                continue
-            key = credential.key
+        for credential, key in self._scheduled():
             current = self._read_shared(key)
             if current is not None and not current.due(self.clock(), self.policy.margin_s, horizon):
                 report.fresh.append(key)
@@ -189,6 +190,16 @@ class TokenService:
                 report.failed[key] = exc
                 log.error("scheduled refresh of %s failed: %s", key, exc.message)
         return report
+
+    def _scheduled(self) -> list[tuple[Credential, TokenKey]]:
+        pairs = []
+        for credential in self.credentials.list():
+            provider = self.providers.get(credential.platform)
+            if provider is None:
+                continue
+            for appid in provider.token_appids(credential):
+                pairs.append((replace(credential, appid=appid), TokenKey(credential.platform, appid)))
+        return pairs
 
     def forget(self, platform: str, appid: str) -> None:
         """Drop a token and its cooldown everywhere (credential removed or
@@ -306,15 +317,18 @@ class TokenService:
 
     def _fetch_and_store(self, key: TokenKey, *, replacing: str | None = None,
                          credential: Credential | None = None) -> Token:
+        provider = self.providers[key.platform]
         if credential is None:
-            credential = self.credentials.get(key.platform, key.appid)
+            credential = self.credentials.get(key.platform, provider.credential_appid(key.appid))
             if credential is None:
-                raise UnknownApp(key.platform, key.appid)
+                raise UnknownApp(key.platform, provider.credential_appid(key.appid))
+        if credential.appid != key.appid:
+            credential = replace(credential, appid=key.appid)
         cooldown = self._cooldown(key)
         if cooldown is not None and cooldown.active(self.clock()):
             raise self._resting(key, cooldown)
         try:
-            token = self._call(self.providers[key.platform], credential, replacing)
+            token = self._call(provider, credential, replacing)
         except UpstreamError as exc:
             self._record_failure(key, cooldown, exc)
             raise

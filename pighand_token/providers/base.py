@@ -4,13 +4,29 @@ failures into UpstreamError and keeps secrets out of every message."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import requests
 
+from ..config import Settings
 from ..domain import Credential, Token
 from ..errors import UpstreamError, UpstreamTimeout
 from ..ports import Clock
+
+if TYPE_CHECKING:
+    from ..adapters.sql import Database
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """What a provider factory may use to build its provider."""
+
+    settings: Settings
+    session: requests.Session
+    clock: Clock
+    # For providers that keep platform state of their own (Alipay grants).
+    db: Database
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -26,15 +42,42 @@ class HttpProvider:
     platform = "?"
 
     def __init__(self, *, session: requests.Session, base_url: str, timeout_s: float, clock: Clock,
-                 options: Mapping[str, Any] | None = None) -> None:
+                 options: Mapping[str, Any] | None = None, platform: str | None = None) -> None:
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.clock = clock
         self.options = dict(options or {})
+        if platform is not None:
+            self.platform = platform
+
+    @classmethod
+    def standard(cls, ctx: ProviderContext, *, platform: str, base_url: str,
+                 **options: Any) -> HttpProvider:
+        return cls(session=ctx.session, base_url=base_url, timeout_s=ctx.settings.upstream_timeout,
+                   clock=ctx.clock, options=options, platform=platform)
 
     def fetch(self, credential: Credential, *, replacing: str | None = None) -> Token:
         raise NotImplementedError
+
+    # -- what a platform's appids and secrets look like ------------------------
+    def appid_error(self, appid: str) -> str | None:
+        """Why ``appid`` (as used in the token URL) is malformed for this
+        platform, or None. The generic character check has passed already."""
+        return None
+
+    def credential_appid(self, appid: str) -> str:
+        """The appid of the credential row that serves ``appid``'s token
+        (Alipay: ``<app_id>:<auth_app_id>`` is served by ``<app_id>``)."""
+        return appid
+
+    def check_credential(self, appid: str, secret: str) -> None:
+        """Refuse a credential this platform cannot use (raise BadRequest)."""
+
+    def token_appids(self, credential: Credential) -> list[str]:
+        """The token appids a credential serves, for the scheduler (Alipay:
+        one per authorized merchant)."""
+        return [credential.appid]
 
     def request_json(self, method: str, path: str, *, secrets: Iterable[str], accept_status: bool = False,
                      **kwargs: Any) -> tuple[int, dict[str, Any]]:

@@ -17,7 +17,7 @@ import re
 
 from ..domain import Credential, Token
 from ..errors import UpstreamError
-from .base import HttpProvider, redact
+from .base import HttpProvider, ProviderContext, redact
 
 # Asking again soon can help: -1 system busy.
 RETRYABLE = {-1}
@@ -52,6 +52,11 @@ _IP = re.compile(r"invalid ip ([0-9a-fA-F.:]+)")
 
 class WeChatProvider(HttpProvider):
     platform = "wechat"
+
+    @classmethod
+    def build(cls, ctx: ProviderContext) -> HttpProvider:
+        return cls.standard(ctx, platform="wechat", base_url=ctx.settings.wechat_api_base,
+                            token_mode=ctx.settings.wechat_token_mode)
 
     @property
     def mode(self) -> str:

@@ -18,13 +18,16 @@ from tests.fakes.wechat import FakeWeChat
 STABLE = "/cgi-bin/stable_token"
 
 
-def seed(settings: dict[str, Any], *credentials: tuple[str, str]) -> None:
+def seed(settings: dict[str, Any], *credentials: tuple[str, str] | tuple[str, str, str]) -> None:
+    """Add credentials straight to the store: (appid, secret) for WeChat, or
+    (platform, appid, secret)."""
     if settings.get("mysql_host"):
         db = Database(mysql=MySQLParams(host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["user"],
                                         database=settings["mysql_database"]))
     else:
         db = Database(sqlite_path=settings["sqlite_path"])
-    SqlCredentialRepository(db).add_many(Credential("wechat", appid, secret) for appid, secret in credentials)
+    rows = [Credential("wechat", *c) if len(c) == 2 else Credential(*c) for c in credentials]
+    SqlCredentialRepository(db).add_many(rows)
     db.close()
 
 

@@ -74,6 +74,18 @@ class FakeProvider:
     _current: Token | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def appid_error(self, appid: str) -> str | None:
+        return None
+
+    def credential_appid(self, appid: str) -> str:
+        return appid
+
+    def check_credential(self, appid: str, secret: str) -> None:
+        pass
+
+    def token_appids(self, credential: Credential) -> list[str]:
+        return [credential.appid]
+
     def fetch(self, credential: Credential, *, replacing: str | None = None) -> Token:
         with self._lock:
             self.calls.append(replacing)
