@@ -29,6 +29,11 @@ def refresh_token(platform: str, appid: str) -> Response:
     return envelope(_service().refresh(platform, appid, stale_token=stale).value)
 
 
+@bp.get("/ticket/<platform>/<appid>/<ticket_type>")
+def get_ticket(platform: str, appid: str, ticket_type: str) -> Response:
+    return envelope(_service().get_ticket(platform, appid, ticket_type).value)
+
+
 def _stale_token() -> str | None:
     """The token the caller found rejected: JSON ``stale_token`` (or the
     original service's ``nowToken``), or the same names in the query."""

@@ -95,3 +95,14 @@ class Provider(Protocol):
 
     def token_appids(self, credential: Credential) -> list[str]:
         """The token appids one credential serves (for the scheduler)."""
+
+
+class TicketProvider(Provider, Protocol):
+    """A provider whose platform also issues tickets made with the token
+    (WeChat jsapi_ticket and the wx_card api_ticket)."""
+
+    ticket_types: tuple[str, ...]
+    # errcodes meaning "this token is no longer accepted"
+    invalid_token_codes: frozenset[int | str]
+
+    def fetch_ticket(self, access_token: str, ticket_type: str) -> Token: ...

@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .domain import Cooldown, Credential, Token, TokenKey, valid_appid
-from .errors import BadRequest, PighandError, Unavailable, UnknownApp, UnknownPlatform, UpstreamError
-from .ports import Clock, Cooldowns, CredentialRepository, FallbackStore, Locks, Provider, TokenStore
+from .errors import BadRequest, NotFound, PighandError, Unavailable, UnknownApp, UnknownPlatform, UpstreamError
+from .ports import Clock, Cooldowns, CredentialRepository, FallbackStore, Locks, Provider, TicketProvider, TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,21 @@ class TokenService:
         """A token good for at least the margin: from the first tier that has
         one, else from the platform (one call across all workers)."""
         key = self.key(platform, appid)
+        return self._obtain(key, lambda: self._fetch_and_store(key))
+
+    def get_ticket(self, platform: str, appid: str, ticket_type: str) -> Token:
+        """A platform ticket made with the managed token (WeChat jsapi /
+        wx_card), cached with its own expiry and margin like a token."""
+        key = self.key(platform, appid)
+        provider = self.providers[platform]
+        types: tuple[str, ...] = getattr(provider, "ticket_types", ())
+        if ticket_type not in types:
+            supported = f"supported types: {', '.join(types)}" if types else f"{platform} has no tickets"
+            raise NotFound(f"unknown ticket type {ticket_type!r}; {supported}")
+        ticket_key = TokenKey(f"{platform}_{ticket_type}_ticket", appid)
+        return self._obtain(ticket_key, lambda: self._fetch_ticket(key, ticket_key, ticket_type))
+
+    def _obtain(self, key: TokenKey, fetch: Callable[[], Token]) -> Token:
         found = self._read(key)
         if found.servable is not None:
             return found.servable
@@ -127,7 +142,7 @@ class TokenService:
         def work() -> Token:
             # Whoever held the lock before us may have fetched it already.
             again = self._read(key).servable
-            return again if again is not None else self._fetch_and_store(key)
+            return again if again is not None else fetch()
 
         if usable is None:
             return self._locked(key, work)
@@ -328,7 +343,7 @@ class TokenService:
         if cooldown is not None and cooldown.active(self.clock()):
             raise self._resting(key, cooldown)
         try:
-            token = self._call(provider, credential, replacing)
+            token = self._retrying(lambda: provider.fetch(credential, replacing=replacing), key)
         except UpstreamError as exc:
             self._record_failure(key, cooldown, exc)
             raise
@@ -338,6 +353,33 @@ class TokenService:
         log.info("fetched a new %s token for appid %s, expires in %.0f s",
                  key.platform, key.appid, token.expires_at - self.clock())
         return token
+
+    def _fetch_ticket(self, key: TokenKey, ticket_key: TokenKey, ticket_type: str) -> Token:
+        provider: TicketProvider = self.providers[key.platform]  # type: ignore[assignment]
+        cooldown = self._cooldown(ticket_key)
+        if cooldown is not None and cooldown.active(self.clock()):
+            raise self._resting(ticket_key, cooldown)
+        token = self.get(key.platform, key.appid)
+        try:
+            try:
+                ticket = self._retrying(lambda: provider.fetch_ticket(token.value, ticket_type), key)
+            except UpstreamError as exc:
+                if exc.errcode not in provider.invalid_token_codes:
+                    raise
+                # The platform no longer takes the token (WeChat 40001: another
+                # caller fetched a new one): replace it the way a caller's PUT
+                # would, so concurrent callers share one refresh, and try once more.
+                log.warning("%s rejected the token while fetching a %s ticket (%s); refreshing it",
+                            key, ticket_type, exc.errcode)
+                token = self.refresh(key.platform, key.appid, stale_token=token.value)
+                ticket = self._retrying(lambda: provider.fetch_ticket(token.value, ticket_type), key)
+        except UpstreamError as exc:
+            self._record_failure(ticket_key, cooldown, exc)
+            raise
+        if cooldown is not None:
+            self.clear_cooldown(ticket_key)
+        self._write(ticket_key, ticket)
+        return ticket
 
     def _cooldown(self, key: TokenKey) -> Cooldown | None:
         try:
@@ -369,7 +411,7 @@ class TokenService:
         error.headers["Retry-After"] = str(wait_s)
         return error
 
-    def _call(self, provider: Provider, credential: Credential, replacing: str | None) -> Token:
+    def _retrying(self, call: Callable[[], Token], key: TokenKey) -> Token:
         """Call the platform, retrying transient failures (5xx, timeouts,
         WeChat -1) with exponential backoff and jitter inside the budget;
         configuration errors are raised at once."""
@@ -378,10 +420,10 @@ class TokenService:
         while True:
             attempt += 1
             try:
-                return provider.fetch(credential, replacing=replacing)
+                return call()
             except UpstreamError as exc:
                 log.warning("%s call for appid %s failed (attempt %d): %s",
-                            provider.platform, credential.appid, attempt, exc.message)
+                            key.platform, key.appid, attempt, exc.message)
                 if not exc.retryable or attempt >= self.policy.retry_attempts:
                     raise
                 delay = self.policy.retry_base_s * 2 ** (attempt - 1) * (0.5 + random.random())

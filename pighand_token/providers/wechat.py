@@ -52,6 +52,9 @@ _IP = re.compile(r"invalid ip ([0-9a-fA-F.:]+)")
 
 class WeChatProvider(HttpProvider):
     platform = "wechat"
+    ticket_types = ("jsapi", "wx_card")
+    # 40001 not the latest token, 40014 invalid, 42001 expired.
+    invalid_token_codes: frozenset[int | str] = frozenset({40001, 40014, 42001})
 
     @classmethod
     def build(cls, ctx: ProviderContext) -> HttpProvider:
@@ -89,18 +92,34 @@ class WeChatProvider(HttpProvider):
         )
         return self._token(body, started, credential)
 
+    def fetch_ticket(self, access_token: str, ticket_type: str) -> Token:
+        """``GET /cgi-bin/ticket/getticket``. Tickets report ``expires_in``
+        7200 on every call within their life, so the true expiry is only
+        known from the first fetch: the caller caches it with its margin."""
+        started = self.clock()
+        _, body = self.request_json("GET", "/cgi-bin/ticket/getticket", secrets=[access_token],
+                                    params={"access_token": access_token, "type": ticket_type})
+        errcode = body.get("errcode")
+        if isinstance(errcode, int) and errcode != 0:
+            raise self._error(errcode, str(body.get("errmsg", "")), [access_token])
+        ticket = body.get("ticket")
+        expires_in = body.get("expires_in")
+        if not isinstance(ticket, str) or not ticket or not isinstance(expires_in, int | float) or expires_in <= 0:
+            raise UpstreamError(self.platform, "answer has no ticket/expires_in", retryable=True)
+        return Token(value=ticket, expires_at=started + float(expires_in), fetched_at=started)
+
     def _token(self, body: dict[str, object], started: float, credential: Credential) -> Token:
         errcode = body.get("errcode")
         if isinstance(errcode, int) and errcode != 0:
-            raise self._error(errcode, str(body.get("errmsg", "")), credential)
+            raise self._error(errcode, str(body.get("errmsg", "")), [credential.secret])
         value = body.get("access_token")
         expires_in = body.get("expires_in")
         if not isinstance(value, str) or not value or not isinstance(expires_in, int | float) or expires_in <= 0:
             raise UpstreamError(self.platform, "answer has no access_token/expires_in", retryable=True)
         return Token(value=value, expires_at=started + float(expires_in), fetched_at=started)
 
-    def _error(self, errcode: int, errmsg: str, credential: Credential) -> UpstreamError:
-        errmsg = redact(errmsg, [credential.secret])
+    def _error(self, errcode: int, errmsg: str, secrets: list[str]) -> UpstreamError:
+        errmsg = redact(errmsg, secrets)
         hint = HINTS.get(errcode)
         if errcode in (40164, 61004):
             match = _IP.search(errmsg)
