@@ -22,7 +22,9 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import LockError, RedisError
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from ..domain import Cooldown, Token, TokenKey
@@ -73,8 +75,11 @@ def connect(*, url: str = "", host: str = "", port: int = 6379, password: str = 
     ``sentinels`` ("host:port,host:port") with ``sentinel_master`` asks
     Sentinel for the current master on every reconnect.
     """
+    # One immediate retry (a pooled connection the server closed), not
+    # redis-py's default backoff, which spends seconds on a Redis that is down.
     options: dict[str, Any] = dict(socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                   health_check_interval=30, decode_responses=True)
+                                   health_check_interval=30, decode_responses=True,
+                                   retry=Retry(NoBackoff(), 1))
     if sentinels:
         nodes = []
         for item in sentinels.split(","):

@@ -290,3 +290,38 @@ def test_unexpected_error_is_500_without_trace(make_app: Any, wechat: FakeWeChat
     data = body(answer)
     assert answer.status_code == 500 and data["data"] is None
     assert "Traceback" not in data["error"] and "ValueError" not in data["error"]
+
+
+# -- stores failing ------------------------------------------------------------
+def test_sql_down_serves_from_redis_and_refuses_credential_writes(make_app: Any, wechat: FakeWeChat,
+                                                                   redis_prefix: str) -> None:
+    from pighand_token.domain import Credential
+    from pighand_token.errors import Unavailable
+    healthy = make_app("redis+mysql")
+    seed(healthy)
+    token = body(healthy.test_client().get(f"/token/wechat/{APP}"))["data"]
+    # Same Redis, MySQL unreachable.
+    broken = make_app("redis+sqlite", mysql_host="127.0.0.1", mysql_port=9, redis_key_prefix=redis_prefix)
+    client = broken.test_client()
+    assert body(client.get(f"/token/wechat/{APP}"))["data"] == token
+    answer = client.get("/token/wechat/wx_other")  # needs the credential table
+    assert answer.status_code == 503 and "MySQL" in body(answer)["error"]
+    with pytest.raises(Unavailable):
+        broken.extensions["pighand"].credentials.add(Credential("wechat", "wx_new", "s"))
+    assert wechat.count(STABLE) == 1
+
+
+def test_redis_down_at_start_serves_and_keeps_tokens_in_sql(make_app: Any, wechat: FakeWeChat,
+                                                             tmp_path: Any) -> None:
+    app = make_app("sqlite", redis_host="127.0.0.1", redis_port=9)
+    seed(app)
+    client = app.test_client()
+    token = body(client.get(f"/token/wechat/{APP}"))["data"]
+    rows = sqlite3.connect(app.extensions["pighand"].settings.sqlite_path).execute(
+        "SELECT value FROM token").fetchall()
+    assert rows == [(token,)]  # save_model auto falls back to SQL while Redis is down
+    # Another worker (empty memory) finds it in SQL: no second platform call.
+    other = make_app("sqlite", redis_host="127.0.0.1", redis_port=9,
+                     sqlite_path=app.extensions["pighand"].settings.sqlite_path)
+    assert body(other.test_client().get(f"/token/wechat/{APP}"))["data"] == token
+    assert wechat.count(STABLE) == 1
