@@ -1,0 +1,169 @@
+"""Alipay merchant grants: one row per (ISV app_id, authorizing auth_app_id)
+holding the merchant's app_auth_token and the refresh token that replaces it.
+
+The grant row, not the token tiers, is the truth about a merchant's token:
+the token tiers only cache it. Rotation is one compare-and-set UPDATE on the
+old refresh token, so two writers can never both install a pair made from
+the same refresh token, and a refresh token that was replaced is never read
+back. The table lives in the same SQL store as the credentials and is created
+on first use (no `db init` needed for a deployment that adds Alipay later).
+
+With a cipher (secrets at rest), both tokens are stored encrypted; the
+compare-and-set then compares the stored ciphertext the row was read with,
+since encrypting the same refresh token twice gives different text.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .sql import ENCRYPTED_COLUMNS, Database
+
+
+class SecretBox(Protocol):
+    def encrypt(self, plaintext: str) -> str: ...
+
+    def decrypt(self, stored: str) -> str: ...
+
+TABLE = "alipay_grant"
+
+# `secrets rotate` / `secrets encrypt` re-encrypt these with the others.
+ENCRYPTED_COLUMNS.extend([
+    (TABLE, ("app_id", "auth_app_id"), "app_auth_token"),
+    (TABLE, ("app_id", "auth_app_id"), "app_refresh_token"),
+])
+
+SCHEMA = {
+    "mysql": f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+        app_id VARCHAR(64) NOT NULL,
+        auth_app_id VARCHAR(64) NOT NULL,
+        app_auth_token TEXT NOT NULL,
+        app_refresh_token TEXT NOT NULL,
+        expires_at DOUBLE NOT NULL,
+        refresh_expires_at DOUBLE NULL,
+        user_id VARCHAR(64) NULL,
+        updated_at DOUBLE NOT NULL,
+        PRIMARY KEY (app_id, auth_app_id)
+    ) DEFAULT CHARSET=utf8mb4""",
+    "sqlite": f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+        app_id TEXT NOT NULL,
+        auth_app_id TEXT NOT NULL,
+        app_auth_token TEXT NOT NULL,
+        app_refresh_token TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        refresh_expires_at REAL NULL,
+        user_id TEXT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (app_id, auth_app_id)
+    )""",
+}
+
+_COLUMNS = ("app_id, auth_app_id, app_auth_token, app_refresh_token, expires_at, refresh_expires_at, "
+            "user_id, updated_at")
+
+
+@dataclass(frozen=True)
+class Grant:
+    app_id: str
+    auth_app_id: str
+    app_auth_token: str = field(repr=False)
+    app_refresh_token: str = field(repr=False)
+    expires_at: float
+    # None: the gateway did not say; the refresh token is then tried when needed.
+    refresh_expires_at: float | None
+    user_id: str | None
+    # When this pair was obtained; orders tokens like Token.fetched_at.
+    updated_at: float
+    # The refresh token as the row holds it (ciphertext with a cipher), for
+    # the compare-and-set; empty for a grant not read from the table.
+    stored_refresh: str = field(default="", repr=False, compare=False)
+
+    @property
+    def token_appid(self) -> str:
+        return f"{self.app_id}:{self.auth_app_id}"
+
+
+class AlipayGrants:
+    def __init__(self, db: Database, cipher: SecretBox | None = None) -> None:
+        self._db = db
+        self._cipher = cipher
+        self._ready = False
+        self._mutex = threading.Lock()
+
+    def _ensure(self) -> None:
+        if self._ready:
+            return
+        with self._mutex:
+            if not self._ready:
+                self._db.execute(SCHEMA[self._db.dialect])
+                self._ready = True
+
+    def get(self, app_id: str, auth_app_id: str) -> Grant | None:
+        self._ensure()
+        rows, _ = self._db.execute(
+            f"SELECT {_COLUMNS} FROM {TABLE} WHERE app_id = ? AND auth_app_id = ?", (app_id, auth_app_id))
+        return self._open(rows[0]) if rows else None
+
+    def list(self, app_id: str) -> list[Grant]:
+        self._ensure()
+        rows, _ = self._db.execute(
+            f"SELECT {_COLUMNS} FROM {TABLE} WHERE app_id = ? ORDER BY auth_app_id", (app_id,))
+        return [self._open(r) for r in rows]
+
+    def save(self, grant: Grant) -> None:
+        """Insert or replace a merchant's grant (a new authorization supersedes
+        whatever pair was stored)."""
+        self._ensure()
+        params = (grant.app_id, grant.auth_app_id, self._seal(grant.app_auth_token),
+                  self._seal(grant.app_refresh_token), grant.expires_at, grant.refresh_expires_at, grant.user_id,
+                  grant.updated_at)
+        if self._db.dialect == "sqlite":
+            self._db.execute(
+                f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (app_id, auth_app_id) DO UPDATE SET app_auth_token = excluded.app_auth_token, "
+                "app_refresh_token = excluded.app_refresh_token, expires_at = excluded.expires_at, "
+                "refresh_expires_at = excluded.refresh_expires_at, user_id = excluded.user_id, "
+                "updated_at = excluded.updated_at", params)
+        else:
+            self._db.execute(
+                f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON DUPLICATE KEY UPDATE app_auth_token = VALUES(app_auth_token), "
+                "app_refresh_token = VALUES(app_refresh_token), expires_at = VALUES(expires_at), "
+                "refresh_expires_at = VALUES(refresh_expires_at), user_id = VALUES(user_id), "
+                "updated_at = VALUES(updated_at)", params)
+
+    def rotate(self, current: Grant, new: Grant) -> bool:
+        """Install ``new`` only if the row still holds ``current``'s refresh
+        token; False when another writer (a new authorization) got there first."""
+        self._ensure()
+        old = current.stored_refresh or current.app_refresh_token
+        _, count = self._db.execute(
+            f"UPDATE {TABLE} SET app_auth_token = ?, app_refresh_token = ?, expires_at = ?, "
+            "refresh_expires_at = ?, user_id = ?, updated_at = ? "
+            "WHERE app_id = ? AND auth_app_id = ? AND app_refresh_token = ?",
+            (self._seal(new.app_auth_token), self._seal(new.app_refresh_token), new.expires_at,
+             new.refresh_expires_at, new.user_id, new.updated_at, current.app_id, current.auth_app_id, old))
+        return count == 1
+
+    def remove(self, app_id: str, auth_app_id: str) -> bool:
+        self._ensure()
+        _, count = self._db.execute(
+            f"DELETE FROM {TABLE} WHERE app_id = ? AND auth_app_id = ?", (app_id, auth_app_id))
+        return count > 0
+
+
+    def _seal(self, value: str) -> str:
+        return self._cipher.encrypt(value) if self._cipher else value
+
+    def _open(self, row: tuple[Any, ...]) -> Grant:
+        app_id, auth_app_id, token, refresh, expires_at, refresh_expires_at, user_id, updated_at = row
+        unseal = self._cipher.decrypt if self._cipher else str
+        return Grant(
+            app_id=str(app_id), auth_app_id=str(auth_app_id), app_auth_token=unseal(str(token)),
+            app_refresh_token=unseal(str(refresh)), expires_at=float(expires_at),
+            refresh_expires_at=None if refresh_expires_at is None else float(refresh_expires_at),
+            user_id=None if user_id is None else str(user_id), updated_at=float(updated_at),
+            stored_refresh=str(refresh),
+        )
