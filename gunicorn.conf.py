@@ -12,6 +12,14 @@ except SettingsError as exc:
     print(f"pighand-token: bad setting: {exc.message}", file=sys.stderr)
     sys.exit(2)
 
+_LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+if not _settings.auth_required and not _settings.host.startswith(_LOOPBACK):
+    # Without keys anyone who reaches the port gets every token.
+    print(f"pighand-token: bad setting: host={_settings.host!r} is invalid: with auth_required=false the "
+          "server binds to loopback only (127.0.0.1, ::1); set auth_required=true to serve other hosts",
+          file=sys.stderr)
+    sys.exit(2)
+
 bind = [f"{_settings.host}:{_settings.port}"]
 workers = _settings.workers or min(2 * multiprocessing.cpu_count() + 1, 8)
 # Threaded workers: a slow platform call blocks one thread, not a worker,

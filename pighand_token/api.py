@@ -1,21 +1,49 @@
-"""HTTP API: thin. Parse, call the service, wrap in the envelope."""
+"""HTTP API: thin. Authenticate, parse, call the service, wrap in the
+envelope."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
-from .errors import BadRequest
+from .errors import BadRequest, PighandError
 from .http_errors import envelope
 from .service import TokenService
 
 bp = Blueprint("token", __name__)
 
 
+def _container() -> Any:
+    return current_app.extensions["pighand"]
+
+
 def _service() -> TokenService:
-    service: TokenService = current_app.extensions["pighand"].service
+    service: TokenService = _container().service
     return service
+
+
+def api_key() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return request.headers.get("X-Api-Key") or None
+
+
+@bp.before_request
+def _authenticate() -> None:
+    """Every token route needs a key whose scope covers the app, unless
+    ``auth_required`` is off (development, loopback only)."""
+    container = _container()
+    g.client = None
+    if not container.settings.auth_required:
+        return
+    client = container.clients.authenticate(api_key())
+    args = request.view_args or {}
+    container.clients.authorize(client, str(args.get("platform", "")), str(args.get("appid", "")))
+    g.client = client.name
 
 
 @bp.get("/token/<platform>/<appid>")
@@ -26,7 +54,16 @@ def get_token(platform: str, appid: str) -> Response:
 @bp.put("/token/<platform>/<appid>")
 def refresh_token(platform: str, appid: str) -> Response:
     stale = _stale_token()
-    return envelope(_service().refresh(platform, appid, stale_token=stale).value)
+    audit = _container().audit
+    where = dict(client=g.client, platform=platform, appid=appid, request_id=g.get("request_id"),
+                 remote_addr=request.remote_addr)
+    try:
+        token = _service().refresh(platform, appid, stale_token=stale, caller=g.client or "anonymous")
+    except PighandError as exc:
+        audit.record("token.refresh", f"failed {exc.status}: {exc.message}", **where)
+        raise
+    audit.record("token.refresh", "ok", **where)
+    return envelope(token.value)
 
 
 @bp.get("/ticket/<platform>/<appid>/<ticket_type>")
@@ -42,7 +79,8 @@ def _stale_token() -> str | None:
     if raw.strip():
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: nesting deeper than the parser allows.
             raise BadRequest("request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise BadRequest('request body must be a JSON object like {"stale_token": "..."}')

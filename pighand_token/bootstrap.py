@@ -14,10 +14,23 @@ import requests
 from .adapters import redis as redis_adapters
 from .adapters.fallback import FallbackLocks
 from .adapters.memory import MemoryTokenStore
-from .adapters.sql import Database, MySQLParams, SqlCooldowns, SqlCredentialRepository, SqlLocks, SqlTokenStore
+from .adapters.sql import (
+    Database,
+    MySQLParams,
+    SqlAuditLog,
+    SqlClients,
+    SqlCooldowns,
+    SqlCounters,
+    SqlCredentialRepository,
+    SqlLocks,
+    SqlTokenStore,
+)
+from .audit import Audit
+from .auth import ClientRegistry
 from .config import Settings
+from .crypto import Cipher, load_cipher
 from .errors import SettingsError
-from .ports import Clock, Cooldowns, FallbackStore, Locks, TokenStore
+from .ports import Clock, Cooldowns, Counters, FallbackStore, Locks, TokenStore
 from .providers import REGISTRY, ProviderContext
 from .service import Policy, TokenService
 
@@ -31,6 +44,9 @@ class Container:
     locks: Locks
     service: TokenService
     http: requests.Session
+    cipher: Cipher
+    clients: ClientRegistry
+    audit: Audit
 
 
 def build_database(settings: Settings) -> Database:
@@ -49,13 +65,15 @@ def build_database(settings: Settings) -> Database:
 
 def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
     db = build_database(settings)
-    credentials = SqlCredentialRepository(db)
+    cipher = load_cipher(settings)
+    credentials = SqlCredentialRepository(db, cipher)
     memory = MemoryTokenStore(clock, settings.local_cache_ttl)
-    sql = SqlTokenStore(db)
+    sql = SqlTokenStore(db, cipher)
 
     stores: list[TokenStore]
     locks: Locks
     cooldowns: Cooldowns
+    counters: Counters
     fallback: FallbackStore | None = None
     if settings.uses_redis:
         client = redis_adapters.connect(
@@ -77,20 +95,25 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
         locks = FallbackLocks(redis_adapters.RedisLocks(client, key_prefix=prefix, breaker=breaker),
                               SqlLocks(db, clock))
         cooldowns = redis_adapters.RedisCooldowns(client, clock=clock, key_prefix=prefix, breaker=breaker)
+        counters = redis_adapters.RedisCounters(client, key_prefix=prefix, breaker=breaker)
     else:
         stores = [memory, sql]
         locks = SqlLocks(db, clock)
         cooldowns = SqlCooldowns(db)
+        counters = SqlCounters(db)
 
     http = requests.Session()
     http.headers["User-Agent"] = "pighand-token"
-    context = ProviderContext(settings=settings, session=http, clock=clock, db=db)
+    context = ProviderContext(settings=settings, session=http, clock=clock, db=db, cipher=cipher, locks=locks,
+                              counters=counters)
     providers = {platform: build(context) for platform, build in REGISTRY.items()}
     service = TokenService(
         credentials=credentials, stores=stores, fallback=fallback, locks=locks, providers=providers,
-        cooldowns=cooldowns, clock=clock,
+        cooldowns=cooldowns, counters=counters, clock=clock,
         policy=Policy(margin_s=settings.corn_interval, upstream_timeout_s=settings.upstream_timeout,
-                      cooldown_base_s=settings.failure_cooldown),
+                      cooldown_base_s=settings.failure_cooldown,
+                      refresh_limit_per_minute=settings.refresh_limit_per_minute),
     )
     return Container(settings=settings, db=db, credentials=credentials, stores=stores, locks=locks,
-                     service=service, http=http)
+                     service=service, http=http, cipher=cipher, clients=ClientRegistry(SqlClients(db), clock),
+                     audit=Audit(SqlAuditLog(db), clock))

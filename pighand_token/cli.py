@@ -15,6 +15,8 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from .cli_alipay import alipay_cli
+from .cli_security import audit_cli, client_cli, operator, secrets_cli
 from .domain import Credential, valid_appid
 from .errors import PighandError
 
@@ -97,6 +99,8 @@ def platform_add(platform: str, appid: str, secret: str | None, secret_file: Any
     if update:
         # A replaced secret starts clean: no token or failure cooldown of the old one.
         container.service.forget(platform, appid)
+    _container().audit.record("credential.add", "ok: secret replaced" if update else "ok", client=operator(),
+                              platform=platform, appid=appid)
     click.echo(f"{'saved' if update else 'added'} {platform} {appid}")
 
 
@@ -107,9 +111,10 @@ def platform_list() -> None:
     repo = _container().credentials
     stamps = repo.timestamps()
     rows = [("PLATFORM", "APPID", "CREATED", "UPDATED")]
-    for c in repo.list():
-        created, updated = stamps.get((c.platform, c.appid), (None, None))
-        rows.append((c.platform, c.appid, str(created or "-"), str(updated or "-")))
+    # Secrets are not even decrypted for this.
+    for platform, appid in repo.keys():
+        created, updated = stamps.get((platform, appid), (None, None))
+        rows.append((platform, appid, str(created or "-"), str(updated or "-")))
     _table(rows)
     click.echo(f"{len(rows) - 1} credential(s)")
 
@@ -121,9 +126,18 @@ def platform_list() -> None:
 def platform_remove(platform: str, appid: str) -> None:
     """Remove a credential and its stored tokens."""
     container = _container()
+    try:
+        credential = container.credentials.get(platform, appid)
+    except PighandError:
+        credential = None  # e.g. not decryptable with the current keys: remove it all the same
+    provider = container.service.providers.get(platform)
+    # Every token this credential serves (Alipay: one per merchant).
+    served = provider.token_appids(credential) if credential is not None and provider is not None else [appid]
     if not container.credentials.remove(platform, appid):
         raise click.ClickException(f"no credential for {platform} appid {appid!r}")
-    container.service.forget(platform, appid)
+    for token_appid in {appid, *served}:
+        container.service.forget(platform, token_appid)
+    container.audit.record("credential.remove", "ok", client=operator(), platform=platform, appid=appid)
     click.echo(f"removed {platform} {appid}")
 
 
@@ -180,6 +194,7 @@ def platform_import(file: Path, update: bool) -> None:
     if update:
         for c in credentials:
             _container().service.forget(c.platform, c.appid)
+    _container().audit.record("credential.import", f"ok: {count} from {file.name}", client=operator())
     click.echo(f"imported {count} credential(s)")
 
 
@@ -256,7 +271,15 @@ def token_get(platform: str, appid: str) -> None:
 @_friendly
 def token_refresh(platform: str, appid: str) -> None:
     """Fetch a new token from the platform and store it."""
-    _show(_container().service.refresh(platform, appid))
+    container = _container()
+    try:
+        token = container.service.refresh(platform, appid)
+    except PighandError as exc:
+        container.audit.record("token.refresh", f"failed {exc.status}: {exc.message}", client=operator(),
+                               platform=platform, appid=appid)
+        raise
+    container.audit.record("token.refresh", "ok", client=operator(), platform=platform, appid=appid)
+    _show(token)
 
 
 @scheduler_cli.command("tick")
@@ -274,5 +297,8 @@ def scheduler_tick() -> None:
 
 
 def register(app: Flask) -> None:
+    for extra in (client_cli, secrets_cli, audit_cli):
+        app.cli.add_command(extra)
+    app.cli.add_command(alipay_cli)
     for group in (db_cli, platform_cli, token_cli, scheduler_cli):
         app.cli.add_command(group)

@@ -65,6 +65,9 @@ class Settings:
     alipay_gateway: str = "https://openapi.alipay.com/gateway.do"
     upstream_timeout: float = 5.0
     failure_cooldown: float = 5.0
+    auth_required: bool = True
+    encryption_key: str = ""
+    refresh_limit_per_minute: int = 10
 
     @property
     def uses_mysql(self) -> bool:
@@ -153,6 +156,7 @@ RULES: dict[str, _Rule] = {
     "redis_key_prefix": _Rule("text"),
     "is_enable_schedule": _Rule("bool"),
     "corn_interval": _Rule("int", 1),
+    "refresh_limit_per_minute": _Rule("int", 1),
     "save_model": _Rule("choice", choices=SAVE_MODELS),
     "local_cache_ttl": _Rule("int", 0),
     "wechat_api_base": _Rule("text"),
@@ -259,6 +263,10 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
 
 
 def _check_combinations(settings: Settings) -> None:
+    if settings.env == "production" and not settings.encryption_key.strip():
+        raise SettingsError("encryption_key='' is invalid: production needs at least one Fernet key "
+                            "(make one with python3 -c 'from cryptography.fernet import Fernet; "
+                            "print(Fernet.generate_key().decode())')")
     if settings.redis_url and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise SettingsError(
             f"redis_url={settings.redis_url!r} is invalid: allowed values are redis://, rediss:// or unix:// URLs")

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 APPID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+FINAL_MARGIN_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class Token:
     value: str = field(repr=False)
     expires_at: float
     fetched_at: float
+    # The platform handed this token back again inside its margin and will
+    # not issue another before it expires (WeCom): serve it to the end.
+    final: bool = False
 
     @property
     def reported_life(self) -> float:
@@ -58,8 +62,10 @@ class Token:
     def margin(self, margin_s: float) -> float:
         """How early the token counts as expired: ``margin_s`` but never more
         than half of the life the platform reported, so a short-lived token is
-        still served for a while instead of being re-fetched in a loop."""
-        return min(float(margin_s), self.reported_life / 2)
+        still served for a while instead of being re-fetched in a loop; for a
+        final token only a few seconds of clock skew."""
+        cap = min(float(margin_s), FINAL_MARGIN_S) if self.final else float(margin_s)
+        return min(cap, self.reported_life / 2)
 
     def serve_until(self, margin_s: float) -> float:
         return self.expires_at - self.margin(margin_s)
@@ -94,3 +100,33 @@ class Cooldown:
 
 def valid_appid(appid: str) -> bool:
     return APPID_PATTERN.fullmatch(appid) is not None
+
+
+@dataclass(frozen=True)
+class Client:
+    """A caller of the API, known by the hash of its key."""
+
+    name: str
+    key_hash: str = field(repr=False)
+    scopes: tuple[str, ...]
+    created_at: float
+    last_used_at: float | None = None
+
+    @property
+    def all_apps(self) -> bool:
+        return "*" in self.scopes
+
+    def allows(self, platform: str, appid: str) -> bool:
+        return self.all_apps or f"{platform}:{appid}" in self.scopes or f"{platform}:*" in self.scopes
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: float
+    action: str
+    outcome: str
+    client: str | None = None
+    platform: str | None = None
+    appid: str | None = None
+    request_id: str | None = None
+    remote_addr: str | None = None

@@ -7,6 +7,8 @@ Messages are shown to API callers: they never contain a secret.
 
 from __future__ import annotations
 
+import math
+
 
 class PighandError(Exception):
     """Base of every error the service raises on purpose."""
@@ -26,6 +28,27 @@ class SettingsError(PighandError):
 
 class BadRequest(PighandError):
     status = 400
+
+
+class Unauthorized(PighandError):
+    status = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["WWW-Authenticate"] = 'Bearer realm="pighand-token"'
+
+
+class Forbidden(PighandError):
+    status = 403
+
+
+class RateLimited(PighandError):
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
 
 
 class NotFound(PighandError):

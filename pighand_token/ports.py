@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from .domain import Cooldown, Credential, Token, TokenKey
+from .domain import AuditEntry, Client, Cooldown, Credential, Token, TokenKey
 
 Clock = Callable[[], float]
 
@@ -106,3 +106,26 @@ class TicketProvider(Provider, Protocol):
     invalid_token_codes: frozenset[int | str]
 
     def fetch_ticket(self, access_token: str, ticket_type: str) -> Token: ...
+
+
+class Counters(Protocol):
+    def hit(self, name: str, *, limit: int, window_start: float, window_end: float, now: float) -> float | None:
+        """Count one event in the fixed window [window_start, window_end),
+        unless it already holds ``limit``: then count nothing and return the
+        seconds until the window ends. Shared by every worker."""
+
+
+class ClientRepository(Protocol):
+    def list(self) -> list[Client]: ...
+
+    def add(self, client: Client) -> None: ...
+
+    def remove(self, name: str) -> bool: ...
+
+    def touch(self, name: str, at: float) -> None: ...
+
+
+class AuditLog(Protocol):
+    def record(self, entry: AuditEntry) -> None: ...
+
+    def tail(self, count: int) -> list[AuditEntry]: ...

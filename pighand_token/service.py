@@ -24,8 +24,27 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .domain import Cooldown, Credential, Token, TokenKey, valid_appid
-from .errors import BadRequest, NotFound, PighandError, Unavailable, UnknownApp, UnknownPlatform, UpstreamError
-from .ports import Clock, Cooldowns, CredentialRepository, FallbackStore, Locks, Provider, TicketProvider, TokenStore
+from .errors import (
+    BadRequest,
+    NotFound,
+    PighandError,
+    RateLimited,
+    Unavailable,
+    UnknownApp,
+    UnknownPlatform,
+    UpstreamError,
+)
+from .ports import (
+    Clock,
+    Cooldowns,
+    Counters,
+    CredentialRepository,
+    FallbackStore,
+    Locks,
+    Provider,
+    TicketProvider,
+    TokenStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +61,8 @@ class Policy:
     retry_base_s: float = 0.2
     cooldown_base_s: float = 5.0
     """First pause after a failed call; doubles per failure up to 5 minutes."""
+    refresh_limit_per_minute: int = 10
+    """Refreshes that reach the platform, per caller and app."""
 
     @property
     def upstream_budget_s(self) -> float:
@@ -80,7 +101,7 @@ class _Found:
 class TokenService:
     def __init__(self, *, credentials: CredentialRepository, stores: Sequence[TokenStore], locks: Locks,
                  providers: Mapping[str, Provider], cooldowns: Cooldowns, fallback: FallbackStore | None = None,
-                 clock: Clock = time.time, policy: Policy | None = None,
+                 counters: Counters | None = None, clock: Clock = time.time, policy: Policy | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         if not any(s.shared for s in stores) and fallback is None:
             raise ValueError("at least one shared token store is required")
@@ -92,6 +113,7 @@ class TokenService:
         self.locks = locks
         self.providers = dict(providers)
         self.cooldowns = cooldowns
+        self.counters = counters
         self.clock = clock
         self.policy = policy or Policy()
         self._sleep = sleep
@@ -157,13 +179,17 @@ class TokenService:
             return usable
 
     # -- commands ----------------------------------------------------------
-    def refresh(self, platform: str, appid: str, *, stale_token: str | None = None) -> Token:
+    def refresh(self, platform: str, appid: str, *, stale_token: str | None = None,
+                caller: str | None = None) -> Token:
         """Replace the token with a new one from the platform.
 
         With ``stale_token`` (the token a caller found rejected): if the shared
         store already holds a different, servable token, that one is the
         answer and the platform is not called. Decided under the lock, from
         the shared tiers only, so concurrent PUTs coalesce into one call.
+
+        ``caller`` (an API client) is held to ``refresh_limit_per_minute``
+        refreshes per app that reach the platform; coalesced ones are free.
         """
         key = self.key(platform, appid)
         requested_at = self.clock()
@@ -177,6 +203,8 @@ class TokenService:
                     # Another refresh finished while this one waited.
                     return current
             replacing = stale_token if stale_token is not None else (current.value if current else None)
+            if caller is not None:
+                self._spend_refresh_budget(caller, key)
             return self._fetch_and_store(key, replacing=replacing)
 
         return self._locked(key, work)
@@ -185,7 +213,9 @@ class TokenService:
         """Refresh every credential whose token is missing or would enter its
         margin before the next tick (one ``margin_s`` from now)."""
         report = RefreshReport()
-        horizon = self.policy.margin_s
+        # One interval and a fifth: ticks drift, and a token due just after
+        # the next tick would otherwise be refreshed by a request instead.
+        horizon = self.policy.margin_s * 1.2
         for credential, key in self._scheduled():
             current = self._read_shared(key)
             if current is not None and not current.due(self.clock(), self.policy.margin_s, horizon):
@@ -205,6 +235,22 @@ class TokenService:
                 report.failed[key] = exc
                 log.error("scheduled refresh of %s failed: %s", key, exc.message)
         return report
+
+    def _spend_refresh_budget(self, caller: str, key: TokenKey) -> None:
+        if self.counters is None:
+            return
+        now = self.clock()
+        window = math.floor(now / 60) * 60
+        try:
+            wait_s = self.counters.hit(f"refresh:{caller}:{key.platform}:{key.appid}",
+                                       limit=self.policy.refresh_limit_per_minute,
+                                       window_start=window, window_end=window + 60, now=now)
+        except Unavailable as exc:
+            self._warn("rate limit", exc)
+            return
+        if wait_s is not None:
+            raise RateLimited(f"client {caller!r} refreshed {key} {self.policy.refresh_limit_per_minute} times "
+                              "this minute; use the current token or wait", wait_s)
 
     def _scheduled(self) -> list[tuple[Credential, TokenKey]]:
         pairs = []
@@ -264,6 +310,19 @@ class TokenService:
                 self._warn(store.name, exc)
                 continue
             if token is not None and token.servable(now, self.policy.margin_s) and token.newer_than(newest):
+                newest = token
+        return newest
+
+    def _newest_unexpired(self, key: TokenKey) -> Token | None:
+        newest: Token | None = None
+        now = self.clock()
+        for store in self._read_order:
+            try:
+                token = store.get(key)
+            except Unavailable as exc:
+                self._warn(store.name, exc)
+                continue
+            if token is not None and now < token.expires_at and token.newer_than(newest):
                 newest = token
         return newest
 
@@ -342,11 +401,17 @@ class TokenService:
         cooldown = self._cooldown(key)
         if cooldown is not None and cooldown.active(self.clock()):
             raise self._resting(key, cooldown)
+        previous = self._newest_unexpired(key) if getattr(provider, "keeps_token_until_expiry", False) else None
         try:
             token = self._retrying(lambda: provider.fetch(credential, replacing=replacing), key)
         except UpstreamError as exc:
             self._record_failure(key, cooldown, exc)
             raise
+        if previous is not None and token.value == previous.value:
+            # The platform will hand back this same token until it expires
+            # (WeCom): asking again inside the margin would only poll it, so
+            # serve it to its end, never believing a later expiry than first said.
+            token = replace(token, expires_at=min(token.expires_at, previous.expires_at), final=True)
         if cooldown is not None:
             self.clear_cooldown(key)
         self._write(key, token)

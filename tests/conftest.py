@@ -139,8 +139,9 @@ def storage_overrides(kind: str, request: pytest.FixtureRequest, tmp_path: Path)
 
 
 def app_overrides(wechat: FakeWeChat, **extra: Any) -> dict[str, Any]:
+    # auth_required is off here; tests of authentication turn it on.
     return {"wechat_api_base": wechat.base_url, "is_enable_schedule": False, "upstream_timeout": 2,
-            "log_level": "debug", **extra}
+            "log_level": "debug", "auth_required": False, **extra}
 
 
 @pytest.fixture
@@ -177,6 +178,7 @@ class Gunicorn:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"gunicorn-{self.port}.log"
+        settings.setdefault("auth_required", False)
         self.env = clean_env(host="127.0.0.1", port=self.port, workers=workers, threads=threads, **settings)
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -189,9 +191,9 @@ class Gunicorn:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                requests.get(self.base_url + "/", timeout=1)
+                requests.get(self.base_url + "/", timeout=5)
                 return self
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or a worker still booting
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"gunicorn did not start within {timeout_s} s:\n{self.log()}")

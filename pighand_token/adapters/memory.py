@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from ..domain import Cooldown, Credential, Token, TokenKey
+from ..domain import AuditEntry, Client, Cooldown, Credential, Token, TokenKey
 from ..errors import Conflict
 from ..ports import Clock
 
@@ -121,3 +121,49 @@ class MemoryCooldowns:
 
     def clear(self, key: TokenKey) -> None:
         self._entries.pop(key, None)
+
+
+class MemoryCounters:
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, float], int] = {}
+        self._mutex = threading.Lock()
+
+    def hit(self, name: str, *, limit: int, window_start: float, window_end: float, now: float) -> float | None:
+        with self._mutex:
+            count = self._counts.get((name, window_start), 0)
+            if count >= limit:
+                return max(0.0, window_end - now)
+            self._counts[(name, window_start)] = count + 1
+            return None
+
+
+class MemoryClients:
+    def __init__(self) -> None:
+        self.clients: dict[str, Client] = {}
+
+    def list(self) -> list[Client]:
+        return sorted(self.clients.values(), key=lambda c: c.name)
+
+    def add(self, client: Client) -> None:
+        if client.name in self.clients:
+            raise Conflict(f"client {client.name!r} already exists")
+        self.clients[client.name] = client
+
+    def remove(self, name: str) -> bool:
+        return self.clients.pop(name, None) is not None
+
+    def touch(self, name: str, at: float) -> None:
+        from dataclasses import replace
+        if name in self.clients:
+            self.clients[name] = replace(self.clients[name], last_used_at=at)
+
+
+class MemoryAuditLog:
+    def __init__(self) -> None:
+        self.entries: list[AuditEntry] = []
+
+    def record(self, entry: AuditEntry) -> None:
+        self.entries.append(entry)
+
+    def tail(self, count: int) -> list[AuditEntry]:
+        return self.entries[-count:]

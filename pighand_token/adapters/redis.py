@@ -38,7 +38,7 @@ local current = redis.call('HGET', KEYS[1], 'fetched_at')
 if current and tonumber(current) >= tonumber(ARGV[3]) then
   return 0
 end
-redis.call('HSET', KEYS[1], 'value', ARGV[1], 'expires_at', ARGV[2], 'fetched_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'value', ARGV[1], 'expires_at', ARGV[2], 'fetched_at', ARGV[3], 'final', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if tonumber(ARGV[5]) > 0 then
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[5])
@@ -117,7 +117,7 @@ class RedisTokenStore:
             return None
         try:
             return Token(value=fields["value"], expires_at=float(fields["expires_at"]),
-                         fetched_at=float(fields["fetched_at"]))
+                         fetched_at=float(fields["fetched_at"]), final=fields.get("final") == "1")
         except (KeyError, ValueError):
             return None
 
@@ -127,7 +127,8 @@ class RedisTokenStore:
         if meta_ms <= 0:
             return False
         raw_ms = max(0, math.floor((token.serve_until(self._margin_s) - now) * 1000))
-        args: list[Any] = [token.value, repr(token.expires_at), repr(token.fetched_at), meta_ms, raw_ms]
+        args: list[Any] = [token.value, repr(token.expires_at), repr(token.fetched_at), meta_ms, raw_ms,
+                           int(token.final)]
         keys = [self.meta_key(key), self.raw_key(key)]
         return bool(self._breaker.call(lambda: self._put(keys=keys, args=args)))
 
@@ -210,3 +211,26 @@ class RedisCooldowns:
 
     def clear(self, key: TokenKey) -> None:
         self._breaker.call(lambda: self._client.delete(self._key(key)))
+
+
+_HIT_SCRIPT = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n >= tonumber(ARGV[1]) then
+  return redis.call('PTTL', KEYS[1])
+end
+redis.call('INCR', KEYS[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return -1
+"""
+
+
+class RedisCounters:
+    def __init__(self, client: redis.Redis, *, key_prefix: str = "", breaker: Breaker | None = None) -> None:
+        self._prefix = key_prefix
+        self._breaker = breaker or Breaker()
+        self._hit = client.register_script(_HIT_SCRIPT)
+
+    def hit(self, name: str, *, limit: int, window_start: float, window_end: float, now: float) -> float | None:
+        key = f"{self._prefix}pighand:count:{name}:{int(window_start)}"
+        left_ms = int(self._breaker.call(lambda: self._hit(keys=[key], args=[limit, int(window_end * 1000)])))
+        return None if left_ms == -1 else max(0.0, left_ms / 1000 if left_ms > 0 else window_end - now)

@@ -9,6 +9,7 @@ connection a process makes.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import os
@@ -24,7 +25,8 @@ from typing import Any
 
 import pymysql
 
-from ..domain import Cooldown, Credential, Token, TokenKey
+from ..crypto import Cipher, is_encrypted
+from ..domain import AuditEntry, Client, Cooldown, Credential, Token, TokenKey
 from ..errors import Conflict, Unavailable
 from ..ports import Clock
 
@@ -51,6 +53,7 @@ SCHEMA = {
             value TEXT NOT NULL,
             expires_at DOUBLE NOT NULL,
             fetched_at DOUBLE NOT NULL,
+            final TINYINT NOT NULL DEFAULT 0,
             PRIMARY KEY (platform, appid)
         ) DEFAULT CHARSET=utf8mb4""",
         """CREATE TABLE IF NOT EXISTS pighand_lock (
@@ -66,6 +69,31 @@ SCHEMA = {
             errcode VARCHAR(64) NULL,
             message TEXT NOT NULL,
             PRIMARY KEY (platform, appid)
+        ) DEFAULT CHARSET=utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS client (
+            name VARCHAR(64) NOT NULL PRIMARY KEY,
+            key_hash CHAR(64) NOT NULL,
+            scopes TEXT NOT NULL,
+            created_at DOUBLE NOT NULL,
+            last_used_at DOUBLE NULL,
+            UNIQUE KEY uq_client_key_hash (key_hash)
+        ) DEFAULT CHARSET=utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS audit_log (
+            id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            at DOUBLE NOT NULL,
+            client VARCHAR(64) NULL,
+            action VARCHAR(32) NOT NULL,
+            platform VARCHAR(32) NULL,
+            appid VARCHAR(128) NULL,
+            outcome VARCHAR(255) NOT NULL,
+            request_id VARCHAR(64) NULL,
+            remote_addr VARCHAR(64) NULL
+        ) DEFAULT CHARSET=utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS pighand_counter (
+            name VARCHAR(191) NOT NULL,
+            window_start DOUBLE NOT NULL,
+            count INT NOT NULL,
+            PRIMARY KEY (name, window_start)
         ) DEFAULT CHARSET=utf8mb4""",
     ],
     "sqlite": [
@@ -84,6 +112,7 @@ SCHEMA = {
             value TEXT NOT NULL,
             expires_at REAL NOT NULL,
             fetched_at REAL NOT NULL,
+            final INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (platform, appid)
         )""",
         """CREATE TABLE IF NOT EXISTS pighand_lock (
@@ -99,6 +128,30 @@ SCHEMA = {
             errcode TEXT NULL,
             message TEXT NOT NULL,
             PRIMARY KEY (platform, appid)
+        )""",
+        """CREATE TABLE IF NOT EXISTS client (
+            name TEXT NOT NULL PRIMARY KEY,
+            key_hash TEXT NOT NULL UNIQUE,
+            scopes TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            last_used_at REAL NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            client TEXT NULL,
+            action TEXT NOT NULL,
+            platform TEXT NULL,
+            appid TEXT NULL,
+            outcome TEXT NOT NULL,
+            request_id TEXT NULL,
+            remote_addr TEXT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS pighand_counter (
+            name TEXT NOT NULL,
+            window_start REAL NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (name, window_start)
         )""",
     ],
 }
@@ -293,6 +346,15 @@ class Database:
     def ping(self) -> None:
         self.execute("SELECT 1")
 
+    def has_table(self, table: str) -> bool:
+        if self.dialect == "sqlite":
+            rows, _ = self.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+        else:
+            rows, _ = self.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+                (table,))
+        return bool(rows)
+
 
 def _mysql_reason(exc: BaseException) -> str:
     args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
@@ -306,18 +368,34 @@ def _now_text() -> str:
 
 
 class SqlCredentialRepository:
-    def __init__(self, db: Database) -> None:
+    """Secrets are encrypted with ``cipher`` on write and decrypted on read;
+    a plaintext row (the original service's) is read as it is."""
+
+    def __init__(self, db: Database, cipher: Cipher | None = None) -> None:
         self._db = db
+        self._cipher = cipher
+
+    def _open(self, row: tuple[Any, ...]) -> Credential:
+        platform, appid, secret = row
+        return Credential(platform, appid, self._cipher.decrypt(secret) if self._cipher else secret)
+
+    def _seal(self, secret: str) -> str:
+        return self._cipher.encrypt(secret) if self._cipher else secret
 
     def get(self, platform: str, appid: str) -> Credential | None:
         rows, _ = self._db.execute(
             "SELECT platform, appid, secret FROM platform WHERE platform = ? AND appid = ?", (platform, appid)
         )
-        return Credential(*rows[0]) if rows else None
+        return self._open(rows[0]) if rows else None
 
     def list(self) -> list[Credential]:
         rows, _ = self._db.execute("SELECT platform, appid, secret FROM platform ORDER BY platform, appid")
-        return [Credential(*r) for r in rows]
+        return [self._open(r) for r in rows]
+
+    def keys(self) -> builtins.list[tuple[str, str]]:
+        """(platform, appid) of every credential, without touching secrets."""
+        rows, _ = self._db.execute("SELECT platform, appid FROM platform ORDER BY platform, appid")
+        return [(r[0], r[1]) for r in rows]
 
     def add(self, credential: Credential, *, update: bool = False) -> None:
         self.add_many([credential], update=update)
@@ -335,12 +413,12 @@ class SqlCredentialRepository:
                 if rows:
                     self._db.execute(
                         "UPDATE platform SET secret = ?, updated_at = ? WHERE platform = ? AND appid = ?",
-                        (c.secret, now, c.platform, c.appid),
+                        (self._seal(c.secret), now, c.platform, c.appid),
                     )
                 else:
                     self._db.execute(
                         "INSERT INTO platform (platform, appid, secret, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                        (c.platform, c.appid, c.secret, now, now),
+                        (c.platform, c.appid, self._seal(c.secret), now, now),
                     )
         return len(batch)
 
@@ -357,26 +435,30 @@ class SqlTokenStore:
     name = "sql"
     shared = True
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cipher: Cipher | None = None) -> None:
         self._db = db
+        self._cipher = cipher
 
     def get(self, key: TokenKey) -> Token | None:
         rows, _ = self._db.execute(
-            "SELECT value, expires_at, fetched_at FROM token WHERE platform = ? AND appid = ?",
+            "SELECT value, expires_at, fetched_at, final FROM token WHERE platform = ? AND appid = ?",
             (key.platform, key.appid),
         )
         if not rows:
             return None
-        value, expires_at, fetched_at = rows[0]
-        return Token(value=value, expires_at=float(expires_at), fetched_at=float(fetched_at))
+        value, expires_at, fetched_at, final = rows[0]
+        if self._cipher:
+            value = self._cipher.decrypt(value)
+        return Token(value=value, expires_at=float(expires_at), fetched_at=float(fetched_at), final=bool(final))
 
     def put(self, key: TokenKey, token: Token) -> bool:
-        params = (key.platform, key.appid, token.value, token.expires_at, token.fetched_at)
+        value = self._cipher.encrypt(token.value) if self._cipher else token.value
+        params = (key.platform, key.appid, value, token.expires_at, token.fetched_at, int(token.final))
         if self._db.dialect == "sqlite":
             _, count = self._db.execute(
-                "INSERT INTO token (platform, appid, value, expires_at, fetched_at) VALUES (?, ?, ?, ?, ?) "
+                "INSERT INTO token (platform, appid, value, expires_at, fetched_at, final) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (platform, appid) DO UPDATE SET value = excluded.value, "
-                "expires_at = excluded.expires_at, fetched_at = excluded.fetched_at "
+                "expires_at = excluded.expires_at, fetched_at = excluded.fetched_at, final = excluded.final "
                 "WHERE excluded.fetched_at > token.fetched_at",
                 params,
             )
@@ -384,10 +466,11 @@ class SqlTokenStore:
         # MySQL applies the assignments left to right, so fetched_at goes last:
         # the earlier comparisons must still see the stored value.
         _, count = self._db.execute(
-            "INSERT INTO token (platform, appid, value, expires_at, fetched_at) VALUES (?, ?, ?, ?, ?) "
+            "INSERT INTO token (platform, appid, value, expires_at, fetched_at, final) VALUES (?, ?, ?, ?, ?, ?) "
             "ON DUPLICATE KEY UPDATE "
             "value = IF(VALUES(fetched_at) > fetched_at, VALUES(value), value), "
             "expires_at = IF(VALUES(fetched_at) > fetched_at, VALUES(expires_at), expires_at), "
+            "final = IF(VALUES(fetched_at) > fetched_at, VALUES(final), final), "
             "fetched_at = GREATEST(fetched_at, VALUES(fetched_at))",
             params,
         )
@@ -527,3 +610,105 @@ def _owner_only(path: str) -> None:
             os.chmod(path, 0o600)
         except OSError:
             pass
+
+
+class SqlClients:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def list(self) -> list[Client]:
+        rows, _ = self._db.execute(
+            "SELECT name, key_hash, scopes, created_at, last_used_at FROM client ORDER BY name")
+        return [Client(r[0], r[1], tuple(s for s in r[2].split(" ") if s), float(r[3]),
+                       None if r[4] is None else float(r[4])) for r in rows]
+
+    def add(self, client: Client) -> None:
+        with self._db.transaction():
+            rows, _ = self._db.execute("SELECT 1 FROM client WHERE name = ?", (client.name,))
+            if rows:
+                raise Conflict(f"client {client.name!r} already exists (revoke it first to issue a new key)")
+            self._db.execute(
+                "INSERT INTO client (name, key_hash, scopes, created_at) VALUES (?, ?, ?, ?)",
+                (client.name, client.key_hash, " ".join(client.scopes), client.created_at))
+
+    def remove(self, name: str) -> bool:
+        _, count = self._db.execute("DELETE FROM client WHERE name = ?", (name,))
+        return count > 0
+
+    def touch(self, name: str, at: float) -> None:
+        self._db.execute("UPDATE client SET last_used_at = ? WHERE name = ?", (at, name))
+
+
+class SqlAuditLog:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def record(self, entry: AuditEntry) -> None:
+        self._db.execute(
+            "INSERT INTO audit_log (at, client, action, platform, appid, outcome, request_id, remote_addr) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (entry.at, entry.client, entry.action, entry.platform, entry.appid, entry.outcome[:255],
+             entry.request_id, entry.remote_addr))
+
+    def tail(self, count: int) -> list[AuditEntry]:
+        rows, _ = self._db.execute(
+            "SELECT at, action, outcome, client, platform, appid, request_id, remote_addr FROM audit_log "
+            f"ORDER BY id DESC LIMIT {int(count)}")
+        return [AuditEntry(float(r[0]), *r[1:]) for r in reversed(rows)]
+
+
+class SqlCounters:
+    """Fixed-window counters in SQL (rate limits without Redis)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def hit(self, name: str, *, limit: int, window_start: float, window_end: float, now: float) -> float | None:
+        for _ in range(3):
+            _, count = self._db.execute(
+                "UPDATE pighand_counter SET count = count + 1 WHERE name = ? AND window_start = ? AND count < ?",
+                (name, window_start, limit))
+            if count:
+                return None
+            rows, _ = self._db.execute(
+                "SELECT count FROM pighand_counter WHERE name = ? AND window_start = ?", (name, window_start))
+            if rows:
+                return max(0.0, window_end - now)
+            self._db.execute("DELETE FROM pighand_counter WHERE name = ? AND window_start < ?",
+                             (name, window_start))
+            try:
+                self._db.execute("INSERT INTO pighand_counter (name, window_start, count) VALUES (?, ?, 1)",
+                                 (name, window_start))
+                return None
+            except (Unavailable, pymysql.MySQLError, sqlite3.Error):
+                continue  # another worker inserted the window first: count again
+        return max(0.0, window_end - now)
+
+
+# Every column that holds a secret, as (table, key columns, column). Other
+# adapters that keep secrets (Alipay grants) add theirs.
+ENCRYPTED_COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
+    ("platform", ("platform", "appid"), "secret"),
+    ("token", ("platform", "appid"), "value"),
+]
+
+
+def reencrypt(db: Database, cipher: Cipher, *, only_plaintext: bool) -> dict[str, int]:
+    """Re-encrypt stored secrets with the cipher's first key, in one
+    transaction; ``only_plaintext`` converts just the rows the original
+    service wrote in plain text. Returns rows changed per table."""
+    changed: dict[str, int] = {}
+    db.init_schema()
+    with db.transaction():
+        for table, keys, column in ENCRYPTED_COLUMNS:
+            if not db.has_table(table):
+                continue
+            rows, _ = db.execute(f"SELECT {', '.join(keys)}, {column} FROM {table}")
+            for row in rows:
+                value = row[-1]
+                if value is None or (only_plaintext and is_encrypted(value)):
+                    continue
+                where = " AND ".join(f"{k} = ?" for k in keys)
+                db.execute(f"UPDATE {table} SET {column} = ? WHERE {where}", (cipher.rotate(value), *row[:-1]))
+                changed[table] = changed.get(table, 0) + 1
+    return changed

@@ -5,11 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .alipay import AlipayProvider
 from .base import HttpProvider, ProviderContext
+from .dingtalk import DingTalkProvider
+from .feishu import FeishuProvider
 from .wechat import WeChatProvider
+from .wecom import WeComProvider
 
 REGISTRY: dict[str, Callable[[ProviderContext], HttpProvider]] = {
+    "feishu": FeishuProvider.build,
+    "feishu_app": FeishuProvider.build_app,
+    "lark": FeishuProvider.build_lark,
+    "lark_app": FeishuProvider.build_lark_app,
     "wechat": WeChatProvider.build,
+    "wecom": WeComProvider.build,
+    "dingtalk": DingTalkProvider.build,
+    "alipay": AlipayProvider.build,
 }
 
 __all__ = ["REGISTRY", "HttpProvider", "ProviderContext"]

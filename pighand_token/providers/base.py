@@ -12,10 +12,11 @@ import requests
 from ..config import Settings
 from ..domain import Credential, Token
 from ..errors import UpstreamError, UpstreamTimeout
-from ..ports import Clock
+from ..ports import Clock, Counters, Locks
 
 if TYPE_CHECKING:
     from ..adapters.sql import Database
+    from ..crypto import Cipher
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class ProviderContext:
     clock: Clock
     # For providers that keep platform state of their own (Alipay grants).
     db: Database
+    cipher: Cipher | None = None
+    # Shared across workers: for platform-side limits (WeChat force_refresh).
+    locks: Locks | None = None
+    counters: Counters | None = None
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -40,6 +45,9 @@ class HttpProvider:
     """Base for providers that speak JSON over HTTPS."""
 
     platform = "?"
+    # True where the platform hands back the same token until it expires and
+    # never earlier issues a new one (WeCom).
+    keeps_token_until_expiry = False
 
     def __init__(self, *, session: requests.Session, base_url: str, timeout_s: float, clock: Clock,
                  options: Mapping[str, Any] | None = None, platform: str | None = None) -> None:

@@ -13,14 +13,20 @@ Two endpoints with different rules (platform-facts §1):
 
 from __future__ import annotations
 
+import math
 import re
 
 from ..domain import Credential, Token
-from ..errors import UpstreamError
+from ..errors import RateLimited, Unavailable, UpstreamError
 from .base import HttpProvider, ProviderContext, redact
 
 # Asking again soon can help: -1 system busy.
 RETRYABLE = {-1}
+
+# force_refresh limits (platform-facts §1.2); the day is Beijing's.
+FORCE_SPACING_S = 30
+FORCE_PER_DAY = 20
+BEIJING_OFFSET_S = 8 * 3600
 
 # The platform will refuse again for a while: 45009 until the daily quota
 # is reset, 45011 until the next minute.
@@ -59,7 +65,7 @@ class WeChatProvider(HttpProvider):
     @classmethod
     def build(cls, ctx: ProviderContext) -> HttpProvider:
         return cls.standard(ctx, platform="wechat", base_url=ctx.settings.wechat_api_base,
-                            token_mode=ctx.settings.wechat_token_mode)
+                            token_mode=ctx.settings.wechat_token_mode, locks=ctx.locks, counters=ctx.counters)
 
     @property
     def mode(self) -> str:
@@ -72,8 +78,31 @@ class WeChatProvider(HttpProvider):
         if replacing is not None and token.value == replacing:
             # Normal mode handed back the token the caller wants gone (it
             # was reported invalid); only force_refresh replaces it.
+            self._spend_force_budget(credential.appid)
             token = self._stable(credential, force=True)
         return token
+
+    def _spend_force_budget(self, appid: str) -> None:
+        """force_refresh is allowed 20 times a day, 30 s apart; a call over
+        either limit is refused by the platform without a refresh, so refuse
+        it here (429) and keep the day's budget for real leaks."""
+        locks = self.options.get("locks")
+        counters = self.options.get("counters")
+        if locks is not None and not locks.claim(f"wechat-force-spacing:{appid}", lease_s=FORCE_SPACING_S):
+            raise RateLimited(f"WeChat allows force_refresh once per {FORCE_SPACING_S} s for appid {appid}; "
+                              "the current token was just replaced", FORCE_SPACING_S)
+        if counters is None:
+            return
+        now = self.clock()
+        day = math.floor((now + BEIJING_OFFSET_S) / 86400) * 86400 - BEIJING_OFFSET_S
+        try:
+            wait_s = counters.hit(f"wechat-force-day:{appid}", limit=FORCE_PER_DAY, window_start=day,
+                                  window_end=day + 86400, now=now)
+        except Unavailable:
+            return
+        if wait_s is not None:
+            raise RateLimited(f"WeChat allows {FORCE_PER_DAY} force_refresh calls a day for appid {appid}; "
+                              "today's are used up", wait_s)
 
     def _classic(self, credential: Credential) -> Token:
         started = self.clock()

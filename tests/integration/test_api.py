@@ -31,6 +31,12 @@ def body(response: Any) -> dict[str, Any]:
     return dict(data)
 
 
+def opened(app: Any, stored: str) -> str:
+    """A value as stored in SQL, decrypted with the app's key."""
+    assert stored.startswith("fernet:")
+    return str(app.extensions["pighand"].cipher.decrypt(stored))
+
+
 def no_secret(response: Any) -> None:
     assert SECRET not in response.get_data(as_text=True)
 
@@ -75,7 +81,7 @@ def test_save_model_decides_the_tiers_written(make_app: Any, wechat: FakeWeChat,
     assert (7200 - 300 - 5) * 1000 < ttl_ms <= (7200 - 300) * 1000
     rows = sqlite3.connect(app.extensions["pighand"].settings.sqlite_path).execute(
         "SELECT value FROM token").fetchall()
-    assert rows == ([(token,)] if save_model == "all" else [])
+    assert [opened(app, r[0]) for r in rows] == ([token] if save_model == "all" else [])
 
 
 def test_without_redis_tokens_go_to_sql(make_app: Any, wechat: FakeWeChat, mysql_db: str) -> None:
@@ -83,7 +89,9 @@ def test_without_redis_tokens_go_to_sql(make_app: Any, wechat: FakeWeChat, mysql
     seed(app)
     token = body(app.test_client().get(f"/token/wechat/{APP}"))["data"]
     rows = mysql_rows(mysql_db, "SELECT platform, appid, value, expires_at - fetched_at FROM token")
-    assert rows == [("wechat", APP, token, pytest.approx(7200, abs=1))]
+    assert [(r[0], r[1], opened(app, r[2]), r[3]) for r in rows] == [("wechat", APP, token,
+                                                                      pytest.approx(7200, abs=1))]
+    assert token not in rows[0][2]  # encrypted at rest
 
 
 def test_lower_tier_backfills_redis(make_app: Any, wechat: FakeWeChat, redis_prefix: str,
@@ -284,7 +292,7 @@ def test_unexpected_error_is_500_without_trace(make_app: Any, wechat: FakeWeChat
     app = make_app()
     seed(app)
     db = sqlite3.connect(app.extensions["pighand"].settings.sqlite_path)
-    db.execute("INSERT INTO token VALUES ('wechat', ?, 'v', 'not-a-number', 'x')", (APP,))
+    db.execute("INSERT INTO token VALUES ('wechat', ?, 'v', 'not-a-number', 'x', 0)", (APP,))
     db.commit()
     answer = app.test_client().get(f"/token/wechat/{APP}")
     data = body(answer)
@@ -319,7 +327,7 @@ def test_redis_down_at_start_serves_and_keeps_tokens_in_sql(make_app: Any, wecha
     token = body(client.get(f"/token/wechat/{APP}"))["data"]
     rows = sqlite3.connect(app.extensions["pighand"].settings.sqlite_path).execute(
         "SELECT value FROM token").fetchall()
-    assert rows == [(token,)]  # save_model auto falls back to SQL while Redis is down
+    assert [opened(app, r[0]) for r in rows] == [token]  # save_model auto falls back to SQL while Redis is down
     # Another worker (empty memory) finds it in SQL: no second platform call.
     other = make_app("sqlite", redis_host="127.0.0.1", redis_port=9,
                      sqlite_path=app.extensions["pighand"].settings.sqlite_path)

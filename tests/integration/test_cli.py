@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pighand_token.crypto import Cipher
 from tests.conftest import MYSQL, ROOT, clean_env, mysql_rows, run_flask
 from tests.fakes.wechat import FakeWeChat
 
@@ -63,10 +64,16 @@ class Cli:
             conn.close()
 
     def credentials(self) -> list[tuple[str, str, str]]:
+        """Rows of the platform table, secrets decrypted with the key the
+        commands generated in the instance folder."""
         if "platform" not in self.tables():
             return []
-        return [(str(p), str(a), str(s)) for p, a, s in
-                self.sql("SELECT platform, appid, secret FROM platform ORDER BY platform, appid")]
+        rows = self.sql("SELECT platform, appid, secret FROM platform ORDER BY platform, appid")
+        return [(str(p), str(a), self.decrypt(str(s))) for p, a, s in rows]
+
+    def decrypt(self, stored: str) -> str:
+        key_file = self.sqlite_path.parent / "encryption.key"
+        return Cipher([key_file.read_text().strip()]).decrypt(stored) if key_file.exists() else stored
 
     def tables(self) -> set[str]:
         if self.kind == "mysql":
@@ -171,7 +178,7 @@ def run_in_terminal(args: Sequence[str], env: dict[str, str], typed: str) -> tup
     deadline = time.monotonic() + 30
     try:
         while time.monotonic() < deadline:
-            if not typed_yet and b"secret" in shown.lower():
+            if not typed_yet and b"secret:" in shown.lower():
                 os.write(master, typed.encode() + b"\n")
                 typed_yet = True
             ready, _, _ = select.select([master], [], [], 0.2)
@@ -205,8 +212,8 @@ def test_platform_add_on_a_terminal_does_not_echo_the_typed_secret(cli: Cli) -> 
 
 @pytest.mark.parametrize("cli", ["sqlite"], indirect=True)
 def test_platform_add_refuses_an_unknown_platform_and_lists_the_supported_ones(cli: Cli) -> None:
-    error = cli.fails("platform", "add", "dingtalk", APP, "--secret", SECRET, hidden=[SECRET])
-    assert "'dingtalk'" in error and "supported platforms: wechat" in error
+    error = cli.fails("platform", "add", "myspace", APP, "--secret", SECRET, hidden=[SECRET])
+    assert "'myspace'" in error and "supported platforms:" in error and "wechat" in error
     assert cli.credentials() == []
 
 
@@ -269,10 +276,10 @@ def test_platform_import_adds_every_row(cli: Cli, tmp_path: Path, fmt: str) -> N
 @pytest.mark.parametrize("cli", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_platform_import_is_all_or_nothing_and_names_the_bad_line(cli: Cli, tmp_path: Path, fmt: str) -> None:
-    bad = [*ROWS[:2], ("dingtalk", "imp_3", "sec-three"), ("wechat", "imp_4", "sec-four")]
+    bad = [*ROWS[:2], ("myspace", "imp_3", "sec-three"), ("wechat", "imp_4", "sec-four")]
     path = write_rows(tmp_path / f"bad.{fmt}", fmt, bad)
     error = cli.fails("platform", "import", str(path))
-    assert f"line {line_of(fmt, 3)}:" in error and "'dingtalk'" in error
+    assert f"line {line_of(fmt, 3)}:" in error and "'myspace'" in error
     assert cli.credentials() == []
 
 
@@ -366,7 +373,7 @@ def test_scheduler_tick_refreshes_missing_and_due_tokens_only(cli: Cli, wechat: 
 
     first = cli.ok("scheduler", "tick")
     assert "2 refreshed, 0 fresh, 0 failed" in first
-    stored = dict(cli.sql("SELECT appid, value FROM token"))
+    stored = {appid: cli.decrypt(value) for appid, value in cli.sql("SELECT appid, value FROM token")}
     assert set(stored) == {APP, "wx_app_2"} and all(wechat.is_valid(v) for v in stored.values())
     assert wechat.count(STABLE) == 2
 
@@ -390,4 +397,4 @@ def test_scheduler_tick_reports_a_failed_credential_and_exits_non_zero(cli: Cli,
     assert "1 refreshed, 0 fresh, 1 failed" in result.stdout
     assert "wx_not_on_wechat" in result.stdout and "40013" in result.stdout
     no_secret(result, "secret-of-nobody", SECRET)
-    assert wechat.is_valid(cli.sql("SELECT value FROM token WHERE appid = ?", (APP,))[0][0])
+    assert wechat.is_valid(cli.decrypt(cli.sql("SELECT value FROM token WHERE appid = ?", (APP,))[0][0]))

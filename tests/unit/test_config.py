@@ -80,6 +80,24 @@ def test_empty_database_and_redis_hosts_mean_sqlite_and_no_redis() -> None:
     assert load_settings(overrides={"mysql_host": "db", "redis_host": "cache"}).uses_mysql
 
 
+TEST_KEY = "x1lF0Y9YAfKUyR5zn8b4kN2f3gYbQ6Jc8wq7m0bq4eI="
+
+
+@pytest.mark.parametrize(("env", "required"), [("development", False), ("testing", True), ("production", True)])
+def test_auth_is_required_except_in_development(monkeypatch: pytest.MonkeyPatch, env: str,
+                                                required: bool) -> None:
+    monkeypatch.setenv("PIGHAND_ENV", env)
+    monkeypatch.setenv("PIGHAND_ENCRYPTION_KEY", TEST_KEY)
+    assert load_settings().auth_required is required
+
+
+def test_production_without_an_encryption_key_does_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIGHAND_ENV", "production")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert str(info.value).startswith("encryption_key=") and "\n" not in str(info.value)
+
+
 # -- layering ----------------------------------------------------------------------
 @pytest.mark.parametrize(("env", "name", "value"), [
     ("testing", "sqlite_path", "instance/pighand-testing.sqlite3"),
@@ -91,6 +109,7 @@ def test_empty_database_and_redis_hosts_mean_sqlite_and_no_redis() -> None:
 def test_pighand_env_selects_the_environment_section(
         monkeypatch: pytest.MonkeyPatch, env: str, name: str, value: str) -> None:
     monkeypatch.setenv("PIGHAND_ENV", env)
+    monkeypatch.setenv("PIGHAND_ENCRYPTION_KEY", TEST_KEY)
     settings = load_settings()
     assert settings.env == env
     assert getattr(settings, name) == value
@@ -112,6 +131,7 @@ def test_layers_stack_default_then_environment_section_then_env_var(
 
 def test_env_var_beats_the_production_section(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIGHAND_ENV", "production")
+    monkeypatch.setenv("PIGHAND_ENCRYPTION_KEY", TEST_KEY)
     monkeypatch.setenv("PIGHAND_HOST", "10.1.2.3")
     assert load_settings().host == "10.1.2.3"
 
@@ -123,7 +143,8 @@ def test_overrides_sit_above_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_is_enable_env_false_in_a_settings_file_ignores_pighand_vars_but_not_pighand_env(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("PIGHAND_SETTINGS_FILE", settings_file(tmp_path, "[default]\nis_enable_env = false\n"))
+    monkeypatch.setenv("PIGHAND_SETTINGS_FILE", settings_file(
+        tmp_path, f'[default]\nis_enable_env = false\nencryption_key = "{TEST_KEY}"\n'))
     monkeypatch.setenv("PIGHAND_ENV", "production")
     monkeypatch.setenv("PIGHAND_PORT", "4300")
     monkeypatch.setenv("PIGHAND_HOST", "10.1.2.3")

@@ -428,3 +428,25 @@ def test_shared_tier_down_writes_to_fallback_and_recovers(clock: Clock, provider
     clock.advance(1)
     second = service.refresh("wechat", "wx1").value
     assert shared.tokens[KEY].value == second and KEY not in fallback.tokens
+
+
+def test_same_token_until_expiry_is_served_to_its_end_without_polling(clock: Clock, shared: SharedStore,
+                                                                      memory: MemoryTokenStore) -> None:
+    # WeCom: the platform hands back the same token until it expires, and
+    # reports its remaining life each time.
+    provider = FakeProvider(clock, rule="same")
+    provider.keeps_token_until_expiry = True  # type: ignore[attr-defined]
+    service = make_service(clock, provider, shared, memory)
+    first = service.get("wechat", "wx1")
+    clock.advance(7200 - 300)  # inside the margin
+    assert service.get("wechat", "wx1").value == first.value
+    assert len(provider.calls) == 2  # asked once, got the same token back
+    for _ in range(29):
+        clock.advance(10)  # until 10 s before expiry: served, no call
+        assert service.get("wechat", "wx1").value == first.value
+    assert len(provider.calls) == 2
+    stored = shared.get(KEY)
+    assert stored is not None and stored.final and stored.expires_at == first.expires_at
+    clock.advance(11)  # expired: the platform now issues a new token
+    assert service.get("wechat", "wx1").value != first.value
+    assert len(provider.calls) == 3

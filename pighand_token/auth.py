@@ -1,0 +1,97 @@
+"""API keys: who may ask for which token.
+
+A key is shown once, when ``client add`` makes it; only its SHA-256 is
+stored (keys are 256 random bits, so a slow password hash would add nothing).
+Each worker keeps a view of the ``client`` table and reloads it every few
+seconds, so a revoked key stops working everywhere within that time without a
+database query per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import re
+import secrets
+import threading
+import time
+
+from .domain import Client
+from .errors import Forbidden, PighandError, Unauthorized
+from .ports import ClientRepository, Clock
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "pht_"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ClientRegistry:
+    def __init__(self, repo: ClientRepository, clock: Clock, *, reload_s: float = 2.0,
+                 touch_every_s: float = 60.0) -> None:
+        self.repo = repo
+        self._clock = clock
+        self._reload_s = reload_s
+        self._touch_every_s = touch_every_s
+        self._by_hash: dict[str, Client] | None = None
+        self._loaded_at = -math.inf
+        self._touched: dict[str, float] = {}
+        self._mutex = threading.Lock()
+
+    def authenticate(self, key: str | None) -> Client:
+        if not key:
+            raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'")
+        digest = hash_key(key)
+        client = self._view().get(digest)
+        # The dict lookup already matched; compare_digest keeps the final
+        # check constant-time all the same.
+        if client is None or not hmac.compare_digest(client.key_hash, digest):
+            raise Unauthorized("unknown or revoked API key")
+        self._touch(client)
+        return client
+
+    @staticmethod
+    def authorize(client: Client, platform: str, appid: str) -> None:
+        if not client.allows(platform, appid):
+            raise Forbidden(f"client {client.name!r} may not use {platform} appid {appid!r}")
+
+    def invalidate(self) -> None:
+        self._loaded_at = -math.inf
+
+    def _view(self) -> dict[str, Client]:
+        now = time.monotonic()
+        view = self._by_hash
+        if view is not None and now - self._loaded_at < self._reload_s:
+            return view
+        with self._mutex:
+            if self._by_hash is not None and time.monotonic() - self._loaded_at < self._reload_s:
+                return self._by_hash
+            try:
+                self._by_hash = {c.key_hash: c for c in self.repo.list()}
+            except PighandError as exc:
+                if self._by_hash is None:
+                    raise
+                # Keep serving the last view rather than lock every caller out.
+                log.warning("cannot reload API clients, using the last view: %s", exc.message)
+            self._loaded_at = time.monotonic()
+            return self._by_hash
+
+    def _touch(self, client: Client) -> None:
+        now = self._clock()
+        if now - self._touched.get(client.name, -math.inf) < self._touch_every_s:
+            return
+        self._touched[client.name] = now
+        try:
+            self.repo.touch(client.name, now)
+        except PighandError as exc:
+            log.warning("cannot record last use of client %s: %s", client.name, exc.message)

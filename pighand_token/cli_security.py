@@ -1,0 +1,141 @@
+"""Commands for callers and secrets: ``client``, ``secrets``, ``audit``."""
+
+from __future__ import annotations
+
+import getpass
+import time
+from typing import Any
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from .adapters.sql import reencrypt
+from .auth import NAME_PATTERN, hash_key, new_key
+from .domain import Client, valid_appid
+from .errors import PighandError
+
+client_cli = AppGroup("client", help="API clients and their keys.")
+secrets_cli = AppGroup("secrets", help="Encryption of stored secrets.")
+audit_cli = AppGroup("audit", help="The audit trail.")
+
+
+def _container() -> Any:
+    return current_app.extensions["pighand"]
+
+
+def operator() -> str:
+    """Who ran a command, for the audit trail."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _when(at: float | None) -> str:
+    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+
+
+def _fail(exc: PighandError) -> click.ClickException:
+    return click.ClickException(exc.message)
+
+
+@client_cli.command("add")
+@click.argument("name")
+@click.option("--app", "apps", multiple=True, metavar="PLATFORM:APPID",
+              help="An app the key may use (repeat; PLATFORM:* for every app of a platform).")
+@click.option("--all-apps", is_flag=True, help="The key may use every app.")
+def client_add(name: str, apps: tuple[str, ...], all_apps: bool) -> None:
+    """Create a client and print its new key (shown only this once)."""
+    container = _container()
+    if not NAME_PATTERN.fullmatch(name):
+        raise click.ClickException("name must be 1-64 characters of A-Z a-z 0-9 _ . -")
+    if not apps and not all_apps:
+        raise click.ClickException("give the apps the key may use: --app PLATFORM:APPID (repeatable) or --all-apps")
+    platforms = container.service.platforms()
+    scopes = ["*"] if all_apps else []
+    for scope in apps:
+        platform, sep, appid = scope.partition(":")
+        if not sep or platform not in platforms:
+            raise click.ClickException(
+                f"--app {scope!r}: expected PLATFORM:APPID with PLATFORM one of {', '.join(platforms)}")
+        if appid != "*" and not valid_appid(appid):
+            raise click.ClickException(f"--app {scope!r}: appid must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+        scopes.append(f"{platform}:{appid}")
+    key = new_key()
+    try:
+        container.clients.repo.add(Client(name, hash_key(key), tuple(dict.fromkeys(scopes)), time.time()))
+    except PighandError as exc:
+        raise _fail(exc) from None
+    container.clients.invalidate()
+    container.audit.record("client.add", f"ok: scopes {' '.join(scopes)}", client=operator())
+    click.echo(f"client {name} created; its key (shown only now):", err=True)
+    click.echo(key)
+
+
+@client_cli.command("list")
+def client_list() -> None:
+    """Clients, their scopes, creation and last use (never keys)."""
+    try:
+        clients = _container().clients.repo.list()
+    except PighandError as exc:
+        raise _fail(exc) from None
+    rows = [("NAME", "SCOPES", "CREATED", "LAST USED")]
+    rows += [(c.name, " ".join(c.scopes), _when(c.created_at), _when(c.last_used_at)) for c in clients]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+@client_cli.command("revoke")
+@click.argument("name")
+def client_revoke(name: str) -> None:
+    """Revoke a client's key (every worker stops accepting it within seconds)."""
+    container = _container()
+    try:
+        removed = container.clients.repo.remove(name)
+    except PighandError as exc:
+        raise _fail(exc) from None
+    if not removed:
+        raise click.ClickException(f"no client named {name!r}")
+    container.clients.invalidate()
+    container.audit.record("client.revoke", f"ok: {name}", client=operator())
+    click.echo(f"revoked {name}")
+
+
+def _reencrypt(action: str, only_plaintext: bool) -> None:
+    container = _container()
+    try:
+        changed = reencrypt(container.db, container.cipher, only_plaintext=only_plaintext)
+    except PighandError as exc:
+        container.audit.record(action, f"failed: {exc.message}", client=operator())
+        raise _fail(exc) from None
+    summary = ", ".join(f"{table}: {count}" for table, count in sorted(changed.items())) or "nothing to do"
+    container.audit.record(action, f"ok: {summary}", client=operator())
+    click.echo(f"{sum(changed.values())} value(s) re-encrypted with the first key ({summary})")
+
+
+@secrets_cli.command("rotate")
+def secrets_rotate() -> None:
+    """Re-encrypt every stored secret with the first encryption_key."""
+    _reencrypt("secrets.rotate", only_plaintext=False)
+
+
+@secrets_cli.command("encrypt")
+def secrets_encrypt() -> None:
+    """Encrypt plaintext secrets (rows written by the original service)."""
+    _reencrypt("secrets.encrypt", only_plaintext=True)
+
+
+@audit_cli.command("tail")
+@click.option("-n", "count", type=click.IntRange(1, 10_000), default=20, show_default=True)
+def audit_tail(count: int) -> None:
+    """The latest audit entries, oldest first."""
+    try:
+        entries = _container().audit.tail(count)
+    except PighandError as exc:
+        raise _fail(exc) from None
+    for e in entries:
+        app = f"{e.platform}/{e.appid}" if e.platform else "-"
+        click.echo(f"{_when(e.at)}  {e.action:<16} {app:<32} client={e.client or '-'} "
+                   f"request={e.request_id or '-'} from={e.remote_addr or '-'}  {e.outcome}")
