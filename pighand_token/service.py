@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -89,6 +90,31 @@ class RefreshReport:
     refreshed: list[TokenKey] = field(default_factory=list)
     fresh: list[TokenKey] = field(default_factory=list)
     failed: dict[TokenKey, PighandError] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TokenStatus:
+    """What the status page and ``token status`` show for one token.
+
+    ``state``: valid, inside margin (still valid, being refreshed), failing
+    (the last call failed and nothing valid is stored), expired, missing.
+    Never the token or the secret.
+    """
+
+    platform: str
+    appid: str
+    state: str
+    expires_in_s: float | None
+    last_refresh_at: float | None
+    last_error: str | None
+    errcode: int | str | None
+    egress_ip: str | None
+    retry_in_s: float | None
+
+
+# The caller IP a platform names in an IP-whitelist error (WeChat 40164,
+# WeCom 60020), for the operator to add to the whitelist.
+_REPORTED_IP = re.compile(r"\bip[:\s]+((?:\d{1,3}\.){3}\d{1,3}|[0-9a-fA-F]*:[0-9a-fA-F:.]+)", re.I)
 
 
 @dataclass
@@ -261,6 +287,45 @@ class TokenService:
             for appid in provider.token_appids(credential):
                 pairs.append((replace(credential, appid=appid), TokenKey(credential.platform, appid)))
         return pairs
+
+    def status(self) -> list[TokenStatus]:
+        """The state of every configured token, from the shared tiers."""
+        rows = []
+        now = self.clock()
+        for _, key in self._scheduled():
+            token = self._newest_stored(key)
+            cooldown = self._cooldown(key)
+            if token is not None and token.servable(now, self.policy.margin_s):
+                state = "valid"
+            elif token is not None and now < token.expires_at:
+                state = "inside margin"
+            elif cooldown is not None:
+                state = "failing"
+            else:
+                state = "expired" if token is not None else "missing"
+            message = cooldown.message if cooldown is not None else None
+            match = _REPORTED_IP.search(message or "")
+            rows.append(TokenStatus(
+                platform=key.platform, appid=key.appid, state=state,
+                expires_in_s=None if token is None else token.expires_at - now,
+                last_refresh_at=None if token is None else token.fetched_at,
+                last_error=message, errcode=None if cooldown is None else cooldown.errcode,
+                egress_ip=match.group(1) if match else None,
+                retry_in_s=max(0.0, cooldown.until - now) if cooldown and cooldown.active(now) else None,
+            ))
+        return rows
+
+    def _newest_stored(self, key: TokenKey) -> Token | None:
+        newest: Token | None = None
+        for store in self._read_order:
+            try:
+                token = store.get(key)
+            except Unavailable as exc:
+                self._warn(store.name, exc)
+                continue
+            if token is not None and token.newer_than(newest):
+                newest = token
+        return newest
 
     def forget(self, platform: str, appid: str) -> None:
         """Drop a token and its cooldown everywhere (credential removed or

@@ -450,3 +450,21 @@ def test_same_token_until_expiry_is_served_to_its_end_without_polling(clock: Clo
     clock.advance(11)  # expired: the platform now issues a new token
     assert service.get("wechat", "wx1").value != first.value
     assert len(provider.calls) == 3
+
+
+def test_status_reports_state_expiry_and_last_error_without_values(service: TokenService, provider: FakeProvider,
+                                                                   clock: Clock) -> None:
+    assert [(s.appid, s.state) for s in service.status()] == [("wx1", "missing")]
+    service.get("wechat", "wx1")
+    (row,) = service.status()
+    assert row.state == "valid" and 7199 < (row.expires_in_s or 0) <= 7200 and row.last_error is None
+    clock.advance(7200 - 100)
+    provider.failures = [UpstreamError(
+        "wechat", "caller IP 203.0.113.7 is not in the app's API IP whitelist (invalid ip 203.0.113.7 ipv6 "
+        "::ffff:203.0.113.7, not in whitelist rid: 1)", errcode=40164)]
+    service.get("wechat", "wx1")  # refresh fails; the old token is still served
+    (row,) = service.status()
+    assert row.state == "inside margin" and row.errcode == 40164 and row.egress_ip == "203.0.113.7"
+    assert row.retry_in_s is not None and "tok-" not in repr(row)
+    clock.advance(100)
+    assert service.status()[0].state == "failing"
