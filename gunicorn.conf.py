@@ -1,7 +1,10 @@
 """gunicorn settings, read from the service's own settings."""
 
 import multiprocessing
+import os
+import shutil
 import sys
+import tempfile
 
 from pighand_token.config import load_settings
 from pighand_token.errors import SettingsError
@@ -34,6 +37,35 @@ accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level
 wsgi_app = "wsgi:app"
+
+
+# Metrics: every worker writes its samples here and a scrape of any worker
+# sums them all (prometheus-client's multiprocess mode). It must be set before
+# a worker imports prometheus_client; a fresh folder per master.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pighand-metrics-")
+    _OWN_METRICS_DIR = True
+else:
+    _OWN_METRICS_DIR = False
+
+
+def on_starting(server):
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):  # samples of a previous run
+        if name.endswith(".db"):
+            os.remove(os.path.join(path, name))
+
+
+def on_exit(server):
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def post_worker_init(worker):

@@ -12,11 +12,14 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from . import api, cli, http_errors
+from . import api, cli, http_errors, ops
+from .adapters import prometheus
 from .bootstrap import bootstrap
 from .config import Settings, load_settings
+from .logs import HideQuerySecrets, JsonFormatter
 from .ports import Clock
 from .scheduler import RefreshScheduler
+from .service import ANSWERED_BY
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -37,8 +40,12 @@ def create_app(settings: Settings | None = None, *, overrides: Mapping[str, Any]
     app.extensions["pighand_scheduler"] = RefreshScheduler(container)
     http_errors.register(app)
     app.before_request(_request_id)
-    app.after_request(_echo_request_id)
+    app.after_request(_finish_request)
     app.register_blueprint(api.bp)
+    from .status_page import bp as status_page_bp
+
+    app.register_blueprint(status_page_bp)
+    app.register_blueprint(ops.bp)
     cli.register(app)
     return app
 
@@ -46,14 +53,32 @@ def create_app(settings: Settings | None = None, *, overrides: Mapping[str, Any]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
+_ACCESS = logging.getLogger("pighand_token.access")
+
+
 def _request_id() -> None:
     """The caller's X-Request-Id when it is sane, else a new one."""
+    g.started = time.perf_counter()
+    ANSWERED_BY.set(None)
     given = request.headers.get("X-Request-Id", "")
     g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
-def _echo_request_id(response: Response) -> Response:
-    response.headers["X-Request-Id"] = g.get("request_id") or uuid.uuid4().hex
+def _finish_request(response: Response) -> Response:
+    """X-Request-Id on every answer, the request counted, and one JSON log
+    line (when the access logger is on)."""
+    request_id = g.get("request_id") or uuid.uuid4().hex
+    response.headers["X-Request-Id"] = request_id
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    prometheus.http_request(route, request.method, response.status_code)
+    if _ACCESS.isEnabledFor(logging.INFO):
+        args = request.view_args or {}
+        started = g.get("started")
+        _ACCESS.info("request", extra={"event": {
+            "kind": "request", "request_id": request_id, "client": g.get("client"), "method": request.method,
+            "route": route, "platform": args.get("platform"), "appid": args.get("appid"),
+            "tier": ANSWERED_BY.get(), "status": response.status_code,
+            "duration_ms": None if started is None else round((time.perf_counter() - started) * 1000, 2)}})
     return response
 
 
@@ -69,28 +94,14 @@ def stop_scheduler(app: Flask) -> None:
     app.extensions["pighand_scheduler"].stop()
 
 
-class _HideQuerySecrets(logging.Filter):
-    """urllib3 logs every request line, query string included, at DEBUG: a
-    root logger at DEBUG would print WeChat's ?secret= and WeCom's
-    ?corpsecret=, or a ticket call's access_token."""
-
-    PATTERN = re.compile(r"((?:secret|corpsecret|appsecret|app_secret|access_token)=)[^&\s\"']+", re.I)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "=" in message:
-            record.msg, record.args = self.PATTERN.sub(r"\1***", message), None
-        return True
-
-
 def configure_logging(level: str) -> None:
     urllib3_log = logging.getLogger("urllib3.connectionpool")
-    if not any(isinstance(f, _HideQuerySecrets) for f in urllib3_log.filters):
-        urllib3_log.addFilter(_HideQuerySecrets())
+    if not any(isinstance(f, HideQuerySecrets) for f in urllib3_log.filters):
+        urllib3_log.addFilter(HideQuerySecrets())
     logger = logging.getLogger("pighand_token")
     logger.setLevel(level.upper())
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
         logger.propagate = False

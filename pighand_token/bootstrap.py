@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import redis as redis_lib
 import requests
 
 from .adapters import redis as redis_adapters
 from .adapters.fallback import FallbackLocks
 from .adapters.memory import MemoryTokenStore
+from .adapters.prometheus import PrometheusMetrics
 from .adapters.sql import (
     Database,
     MySQLParams,
@@ -29,7 +32,7 @@ from .audit import Audit
 from .auth import ClientRegistry
 from .config import Settings
 from .crypto import Cipher, load_cipher
-from .errors import SettingsError
+from .errors import SettingsError, Unavailable
 from .ports import Clock, Cooldowns, Counters, FallbackStore, Locks, TokenStore
 from .providers import REGISTRY, ProviderContext
 from .service import Policy, TokenService
@@ -47,6 +50,20 @@ class Container:
     cipher: Cipher
     clients: ClientRegistry
     audit: Audit
+    redis: redis_lib.Redis | None = None
+
+    def pings(self) -> list[tuple[str, Callable[[], None]]]:
+        """One check per configured store, for readiness."""
+        checks: list[tuple[str, Callable[[], None]]] = [(self.db.description.split(" ")[0].lower(), self.db.ping)]
+        client = self.redis
+        if client is not None:
+            def ping_redis() -> None:
+                try:
+                    client.ping()
+                except redis_lib.RedisError as exc:
+                    raise Unavailable(f"{type(exc).__name__}: {exc}") from None
+            checks.append(("redis", ping_redis))
+        return checks
 
 
 def build_database(settings: Settings) -> Database:
@@ -75,6 +92,7 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
     cooldowns: Cooldowns
     counters: Counters
     fallback: FallbackStore | None = None
+    client: redis_lib.Redis | None = None
     if settings.uses_redis:
         client = redis_adapters.connect(
             url=settings.redis_url, host=settings.redis_host, port=settings.redis_port,
@@ -109,11 +127,11 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
     providers = {platform: build(context) for platform, build in REGISTRY.items()}
     service = TokenService(
         credentials=credentials, stores=stores, fallback=fallback, locks=locks, providers=providers,
-        cooldowns=cooldowns, counters=counters, clock=clock,
+        cooldowns=cooldowns, counters=counters, metrics=PrometheusMetrics(), clock=clock,
         policy=Policy(margin_s=settings.corn_interval, upstream_timeout_s=settings.upstream_timeout,
                       cooldown_base_s=settings.failure_cooldown,
                       refresh_limit_per_minute=settings.refresh_limit_per_minute),
     )
     return Container(settings=settings, db=db, credentials=credentials, stores=stores, locks=locks,
                      service=service, http=http, cipher=cipher, clients=ClientRegistry(SqlClients(db), clock),
-                     audit=Audit(SqlAuditLog(db), clock))
+                     audit=Audit(SqlAuditLog(db), clock), redis=client)

@@ -129,3 +129,39 @@ class AuditLog(Protocol):
     def record(self, entry: AuditEntry) -> None: ...
 
     def tail(self, count: int) -> list[AuditEntry]: ...
+
+
+class Metrics(Protocol):
+    """What the service counts; implementations must do no I/O (they sit on
+    the hot path)."""
+
+    def token_lookup(self, platform: str, tier: str) -> None:
+        """A token was answered from ``tier``: redis, memory, sql or platform."""
+
+    def platform_call(self, platform: str, outcome: str, errcode: str, seconds: float) -> None:
+        """One call to a platform: outcome ok, error or timeout."""
+
+    def refresh(self, platform: str, seconds: float) -> None:
+        """A fetch from the platform, retries included, took ``seconds``."""
+
+    def lock_wait(self, seconds: float) -> None: ...
+
+    def scheduler_tick(self, outcome: str, failures: int = 0) -> None:
+        """outcome: ran, skipped (another worker has this interval) or error."""
+
+
+class NoMetrics:
+    def token_lookup(self, platform: str, tier: str) -> None:
+        pass
+
+    def platform_call(self, platform: str, outcome: str, errcode: str, seconds: float) -> None:
+        pass
+
+    def refresh(self, platform: str, seconds: float) -> None:
+        pass
+
+    def lock_wait(self, seconds: float) -> None:
+        pass
+
+    def scheduler_tick(self, outcome: str, failures: int = 0) -> None:
+        pass

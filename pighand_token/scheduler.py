@@ -32,14 +32,23 @@ class RefreshScheduler:
 
     def tick(self) -> RefreshReport | None:
         """Run one tick if no other worker ran one in this interval."""
+        metrics = self.container.service.metrics
         try:
             claimed = self.container.locks.claim(TICK_LEASE, lease_s=self.interval_s * 0.9)
         except PighandError as exc:
             log.warning("scheduler tick skipped: %s", exc.message)
+            metrics.scheduler_tick("error")
             return None
         if not claimed:
+            metrics.scheduler_tick("skipped")
             return None
-        report = self.container.service.refresh_due()
+        try:
+            report = self.container.service.refresh_due()
+        except PighandError as exc:
+            log.error("scheduler tick failed: %s", exc.message)
+            metrics.scheduler_tick("error")
+            return None
+        metrics.scheduler_tick("ran", len(report.failed))
         log.info("scheduler tick: %d refreshed, %d fresh, %d failed",
                  len(report.refreshed), len(report.fresh), len(report.failed))
         return report

@@ -22,6 +22,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 
 from .domain import Cooldown, Credential, Token, TokenKey, valid_appid
@@ -34,6 +35,7 @@ from .errors import (
     UnknownApp,
     UnknownPlatform,
     UpstreamError,
+    UpstreamTimeout,
 )
 from .ports import (
     Clock,
@@ -42,12 +44,17 @@ from .ports import (
     CredentialRepository,
     FallbackStore,
     Locks,
+    Metrics,
+    NoMetrics,
     Provider,
     TicketProvider,
     TokenStore,
 )
 
 log = logging.getLogger(__name__)
+
+# Which tier answered the current request's lookup (for the request log).
+ANSWERED_BY: ContextVar[str | None] = ContextVar("answered_by", default=None)
 
 MAX_COOLDOWN_S = 300.0
 
@@ -127,8 +134,8 @@ class _Found:
 class TokenService:
     def __init__(self, *, credentials: CredentialRepository, stores: Sequence[TokenStore], locks: Locks,
                  providers: Mapping[str, Provider], cooldowns: Cooldowns, fallback: FallbackStore | None = None,
-                 counters: Counters | None = None, clock: Clock = time.time, policy: Policy | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 counters: Counters | None = None, metrics: Metrics | None = None, clock: Clock = time.time,
+                 policy: Policy | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         if not any(s.shared for s in stores) and fallback is None:
             raise ValueError("at least one shared token store is required")
         self.credentials = credentials
@@ -140,6 +147,7 @@ class TokenService:
         self.providers = dict(providers)
         self.cooldowns = cooldowns
         self.counters = counters
+        self.metrics: Metrics = metrics or NoMetrics()
         self.clock = clock
         self.policy = policy or Policy()
         self._sleep = sleep
@@ -360,6 +368,7 @@ class TokenService:
                 for higher in self._read_order[:index]:
                     self._put(higher, key, token)
                 found.servable = token
+                self._answered(key, store.name)
                 return found
             if now < token.expires_at and token.newer_than(found.usable):
                 found.usable = token
@@ -377,6 +386,10 @@ class TokenService:
             if token is not None and token.servable(now, self.policy.margin_s) and token.newer_than(newest):
                 newest = token
         return newest
+
+    def _answered(self, key: TokenKey, tier: str) -> None:
+        ANSWERED_BY.set(tier)
+        self.metrics.token_lookup(key.platform, tier)
 
     def _newest_unexpired(self, key: TokenKey) -> Token | None:
         newest: Token | None = None
@@ -431,12 +444,15 @@ class TokenService:
         wait_s = 0.0 if on_busy is not None else self.policy.lock_wait_s
         busy = on_busy or (lambda: self._waited_too_long(key))
         flight = self._flight(key)
+        started = time.monotonic()
         acquired = flight.acquire(timeout=wait_s) if wait_s > 0 else flight.acquire(blocking=False)
         if not acquired:
+            self.metrics.lock_wait(time.monotonic() - started)
             return busy()
         try:
             with self.locks.hold(f"token:{key.platform}:{key.appid}", lease_s=self.policy.lock_lease_s,
                                  wait_s=wait_s) as held:
+                self.metrics.lock_wait(time.monotonic() - started)
                 return work() if held else busy()
         finally:
             flight.release()
@@ -467,11 +483,14 @@ class TokenService:
         if cooldown is not None and cooldown.active(self.clock()):
             raise self._resting(key, cooldown)
         previous = self._newest_unexpired(key) if getattr(provider, "keeps_token_until_expiry", False) else None
+        started = time.monotonic()
         try:
             token = self._retrying(lambda: provider.fetch(credential, replacing=replacing), key)
         except UpstreamError as exc:
             self._record_failure(key, cooldown, exc)
             raise
+        finally:
+            self.metrics.refresh(key.platform, time.monotonic() - started)
         if previous is not None and token.value == previous.value:
             # The platform will hand back this same token until it expires
             # (WeCom): asking again inside the margin would only poll it, so
@@ -480,7 +499,8 @@ class TokenService:
         if cooldown is not None:
             self.clear_cooldown(key)
         self._write(key, token)
-        log.info("fetched a new %s token for appid %s, expires in %.0f s",
+        self._answered(key, "platform")
+        log.info("fetched a %s token for appid %s, expires in %.0f s",
                  key.platform, key.appid, token.expires_at - self.clock())
         return token
 
@@ -509,6 +529,7 @@ class TokenService:
         if cooldown is not None:
             self.clear_cooldown(ticket_key)
         self._write(ticket_key, ticket)
+        self._answered(ticket_key, "platform")
         return ticket
 
     def _cooldown(self, key: TokenKey) -> Cooldown | None:
@@ -549,9 +570,11 @@ class TokenService:
         attempt = 0
         while True:
             attempt += 1
+            started = time.monotonic()
             try:
-                return call()
+                result = call()
             except UpstreamError as exc:
+                self._platform_call(key, attempt, started, exc)
                 log.warning("%s call for appid %s failed (attempt %d): %s",
                             key.platform, key.appid, attempt, exc.message)
                 if not exc.retryable or attempt >= self.policy.retry_attempts:
@@ -560,3 +583,15 @@ class TokenService:
                 if time.monotonic() + delay + self.policy.upstream_timeout_s > deadline:
                     raise
                 self._sleep(delay)
+            else:
+                self._platform_call(key, attempt, started, None)
+                return result
+
+    def _platform_call(self, key: TokenKey, attempt: int, started: float, error: UpstreamError | None) -> None:
+        seconds = time.monotonic() - started
+        outcome = "ok" if error is None else ("timeout" if isinstance(error, UpstreamTimeout) else "error")
+        errcode = "" if error is None or error.errcode is None else str(error.errcode)
+        self.metrics.platform_call(key.platform, outcome, errcode, seconds)
+        log.info("platform call", extra={"event": {
+            "kind": "platform_call", "platform": key.platform, "appid": key.appid, "attempt": attempt,
+            "outcome": outcome, "errcode": errcode or None, "duration_ms": round(seconds * 1000, 1)}})

@@ -1,0 +1,53 @@
+"""Operations: liveness, readiness and metrics. No key needed: they show no
+token and no secret."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app
+
+from .adapters import prometheus
+from .errors import PighandError
+from .http_errors import envelope
+
+bp = Blueprint("ops", __name__)
+
+
+def _container() -> Any:
+    return current_app.extensions["pighand"]
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process answers; touches nothing."""
+    return envelope("ok")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Every configured store answers: 503 naming the ones that do not."""
+    container = _container()
+    failed = []
+    for name, ping in container.pings():
+        try:
+            ping()
+        except PighandError as exc:
+            failed.append(f"{name}: {exc.message}")
+    if failed:
+        return envelope(None, 503, "not ready: " + "; ".join(failed))
+    return envelope("ready")
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    service = _container().service
+
+    def token_rows() -> list[tuple[str, str, float | None, str]]:
+        try:
+            return [(s.platform, s.appid, s.expires_in_s, s.state) for s in service.status()]
+        except PighandError:
+            return []  # a store is down: the request and call counters still answer
+
+    body, content_type = prometheus.exposition(token_rows)
+    return Response(body, mimetype=content_type.split(";")[0], headers={"Content-Type": content_type})
