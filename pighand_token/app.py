@@ -16,6 +16,7 @@ from . import api, cli, http_errors, ops
 from .adapters import prometheus
 from .bootstrap import bootstrap
 from .config import Settings, load_settings
+from .fastpath import FastPath
 from .logs import HideQuerySecrets, JsonFormatter
 from .ports import Clock
 from .scheduler import RefreshScheduler
@@ -42,11 +43,16 @@ def create_app(settings: Settings | None = None, *, overrides: Mapping[str, Any]
     app.before_request(_request_id)
     app.after_request(_finish_request)
     app.register_blueprint(api.bp)
+    from .openapi import bp as openapi_bp
+
+    app.register_blueprint(openapi_bp)
     from .status_page import bp as status_page_bp
 
     app.register_blueprint(status_page_bp)
     app.register_blueprint(ops.bp)
     cli.register(app)
+    if settings.fast_path:
+        app.wsgi_app = FastPath(app.wsgi_app, container)  # type: ignore[method-assign]
     return app
 
 

@@ -68,6 +68,7 @@ class Settings:
     auth_required: bool = True
     encryption_key: str = ""
     refresh_limit_per_minute: int = 10
+    fast_path: bool = True
 
     @property
     def uses_mysql(self) -> bool:

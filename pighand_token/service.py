@@ -177,6 +177,20 @@ class TokenService:
         key = self.key(platform, appid)
         return self._obtain(key, lambda: self._fetch_and_store(key))
 
+    def cached(self, key: TokenKey) -> Token | None:
+        """The token if the first tier (Redis, or memory without Redis) can
+        serve it as it is, else None: the hot path answers only this case and
+        leaves everything else (back-fills, refreshes, errors) to get()."""
+        store = self._read_order[0]
+        try:
+            token = store.get(key)
+        except Unavailable:
+            return None
+        if token is None or not token.servable(self.clock(), self.policy.margin_s):
+            return None
+        self._answered(key, store.name)
+        return token
+
     def get_ticket(self, platform: str, appid: str, ticket_type: str) -> Token:
         """A platform ticket made with the managed token (WeChat jsapi /
         wx_card), cached with its own expiry and margin like a token."""
@@ -386,6 +400,11 @@ class TokenService:
             if token is not None and token.servable(now, self.policy.margin_s) and token.newer_than(newest):
                 newest = token
         return newest
+
+    @staticmethod
+    def last_tier() -> str | None:
+        """Which tier answered this request's lookup."""
+        return ANSWERED_BY.get()
 
     def _answered(self, key: TokenKey, tier: str) -> None:
         ANSWERED_BY.set(tier)

@@ -132,3 +132,24 @@ def test_quick_start_defaults_create_tables_on_first_start(tmp_path: Path, wecha
         seed({"sqlite_path": str(sqlite_path)}, ("wx_app_1", "s3cr3t-wx-1"))
         answer = requests.get(f"{server.base_url}/token/wechat/wx_app_1", timeout=10)
         assert answer.status_code == 200 and wechat.is_valid(envelope(answer)["data"])
+
+
+def test_put_on_one_worker_reaches_the_others_within_local_cache_ttl(tmp_path: Path, wechat: FakeWeChat,
+                                                                     request: pytest.FixtureRequest) -> None:
+    # Without Redis each worker may serve from its own memory for
+    # local_cache_ttl after another worker replaced the token (classic mode:
+    # the old token keeps working for 5 minutes meanwhile).
+    settings = storage("sqlite", tmp_path, request)
+    seed(settings, ("wx_app_1", "s3cr3t-wx-1"))
+    with Gunicorn(tmp_path, workers=3, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+                  wechat_token_mode="classic", local_cache_ttl=1, **settings) as server:
+        url = f"{server.base_url}/token/wechat/wx_app_1"
+        with ThreadPoolExecutor(12) as pool:
+            old = {envelope(a)["data"] for a in pool.map(lambda _: requests.get(url, timeout=10), range(48))}
+        assert len(old) == 1
+        new = envelope(requests.put(url, timeout=10))["data"]
+        assert new not in old and wechat.is_valid(new)
+        time.sleep(1.1)
+        with ThreadPoolExecutor(12) as pool:
+            served = {envelope(a)["data"] for a in pool.map(lambda _: requests.get(url, timeout=10), range(48))}
+        assert served == {new}

@@ -19,6 +19,13 @@ STABLE = "/cgi-bin/stable_token"
 CLASSIC = "/cgi-bin/token"
 
 
+@pytest.fixture(autouse=True, params=["fast", "flask"])
+def serving_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs against the hot path and against Flask alone."""
+    monkeypatch.setenv("PIGHAND_FAST_PATH", "true" if request.param == "fast" else "false")
+    return str(request.param)
+
+
 def seed(app: Any, appid: str = APP, secret: str = SECRET) -> None:
     from pighand_token.domain import Credential
     app.extensions["pighand"].credentials.add(Credential("wechat", appid, secret))
@@ -333,3 +340,18 @@ def test_redis_down_at_start_serves_and_keeps_tokens_in_sql(make_app: Any, wecha
                      sqlite_path=app.extensions["pighand"].settings.sqlite_path)
     assert body(other.test_client().get(f"/token/wechat/{APP}"))["data"] == token
     assert wechat.count(STABLE) == 1
+
+
+def test_cached_get_is_answered_without_flask_on_the_hot_path(make_app: Any, wechat: FakeWeChat,
+                                                              serving_path: str) -> None:
+    app = make_app("sqlite")
+    seed(app)
+    through_flask: list[str] = []
+    app.before_request(lambda: through_flask.append("x") and None)
+    client = app.test_client()
+    first = client.get(f"/token/wechat/{APP}", headers={"X-Request-Id": "abc"})
+    cached = client.get(f"/token/wechat/{APP}", headers={"X-Request-Id": "abc"})
+    assert first.get_data() == cached.get_data() and first.status_code == cached.status_code == 200
+    assert first.headers["Content-Type"] == cached.headers["Content-Type"] == "application/json"
+    assert cached.headers["X-Request-Id"] == "abc"
+    assert len(through_flask) == (1 if serving_path == "fast" else 2)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from cryptography.fernet import Fernet
 
@@ -21,6 +22,13 @@ from tests.fakes.wechat import STABLE_PATH, FakeWeChat
 
 APP = "wx_app_1"
 SECRET = "s3cr3t-wx-1"
+
+
+@pytest.fixture(params=["fast", "flask"])
+def serving_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test against the hot path and against Flask alone."""
+    monkeypatch.setenv("PIGHAND_FAST_PATH", "true" if request.param == "fast" else "false")
+    return str(request.param)
 
 
 def add_client(app: Any, name: str, *scopes: str) -> str:
@@ -39,7 +47,8 @@ def secured_app(wechat: FakeWeChat, tmp_path: Path, **extra: Any) -> Any:
 
 
 # -- keys and scopes -----------------------------------------------------------------
-def test_missing_or_unknown_key_is_401_with_www_authenticate(wechat: FakeWeChat, tmp_path: Path) -> None:
+def test_missing_or_unknown_key_is_401_with_www_authenticate(wechat: FakeWeChat, tmp_path: Path,
+                                                             serving_path: str) -> None:
     client = secured_app(wechat, tmp_path).test_client()
     for headers in ({}, {"Authorization": "Bearer pht_nope"}, {"X-Api-Key": "nope"}, {"Authorization": "Basic x"}):
         answer = client.get(f"/token/wechat/{APP}", headers=headers)
@@ -48,7 +57,8 @@ def test_missing_or_unknown_key_is_401_with_www_authenticate(wechat: FakeWeChat,
     assert wechat.count() == 0
 
 
-def test_key_in_either_header_works_inside_its_scope_only(wechat: FakeWeChat, tmp_path: Path) -> None:
+def test_key_in_either_header_works_inside_its_scope_only(wechat: FakeWeChat, tmp_path: Path,
+                                                          serving_path: str) -> None:
     app = secured_app(wechat, tmp_path)
     app.extensions["pighand"].credentials.add(Credential("wechat", "wx_other", "other-secret"))
     key = add_client(app, "billing", f"wechat:{APP}")
@@ -61,7 +71,7 @@ def test_key_in_either_header_works_inside_its_scope_only(wechat: FakeWeChat, tm
     assert wechat.count(STABLE_PATH, appid="wx_other") == 0
 
 
-def test_platform_wide_and_all_apps_scopes(wechat: FakeWeChat, tmp_path: Path) -> None:
+def test_platform_wide_and_all_apps_scopes(wechat: FakeWeChat, tmp_path: Path, serving_path: str) -> None:
     app = secured_app(wechat, tmp_path)
     platform_key = add_client(app, "ops", "wechat:*")
     all_key = add_client(app, "root", "*")
@@ -234,3 +244,17 @@ def test_put_is_audited_with_client_request_id_and_address(wechat: FakeWeChat, t
     assert entries[0].outcome == "ok" and entries[0].request_id == "req-42" and entries[0].remote_addr == "10.9.8.7"
     assert entries[1].outcome.startswith("failed 404")
     assert failed.headers["X-Request-Id"] and failed.headers["X-Request-Id"] != "req-42"
+
+
+def test_revoked_key_stops_on_both_paths_after_the_reload(wechat: FakeWeChat, tmp_path: Path,
+                                                          serving_path: str) -> None:
+    app = secured_app(wechat, tmp_path)
+    key = add_client(app, "billing", "*")
+    client = app.test_client()
+    assert client.get(f"/token/wechat/{APP}", headers={"X-Api-Key": key}).status_code == 200
+    assert client.get(f"/token/wechat/{APP}", headers={"X-Api-Key": key}).status_code == 200  # cached now
+    # Revoked by another process: this one's view reloads within 2 s.
+    assert app.extensions["pighand"].clients.repo.remove("billing")
+    time.sleep(2.1)
+    answer = client.get(f"/token/wechat/{APP}", headers={"X-Api-Key": key})
+    assert answer.status_code == 401 and answer.headers["WWW-Authenticate"].startswith("Bearer")

@@ -11,6 +11,13 @@ from tests.fakes.wechat import STABLE_PATH, TICKET_PATH, FakeWeChat
 from tests.integration.test_api import APP, body, seed
 
 
+@pytest.fixture(autouse=True, params=["fast", "flask"])
+def serving_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs against the hot path and against Flask alone."""
+    monkeypatch.setenv("PIGHAND_FAST_PATH", "true" if request.param == "fast" else "false")
+    return str(request.param)
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "redis+mysql"])
 def test_ticket_is_fetched_once_and_cached(make_app: Any, wechat: FakeWeChat, kind: str) -> None:
     app = make_app(kind)

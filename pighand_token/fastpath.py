@@ -1,0 +1,94 @@
+"""The hot path: a cached ``GET /token/<platform>/<appid>`` answered before
+Flask is involved.
+
+Most of a cached GET's cost is framework work (routing, request and response
+objects, hooks), not the lookup. This WSGI layer answers the one case that is
+all of the traffic in steady state: a known key in scope, a valid appid, and
+a token the first tier (Redis, or the worker's memory without Redis) can
+serve as it is. It does the same checks as the normal path and returns the
+same bytes and headers; anything else (a miss, a refusal, a PUT, a ticket,
+an error) goes through Flask unchanged, so behaviour is identical.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .adapters import prometheus
+from .domain import TokenKey, valid_appid
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+ROUTE = "/token/<platform>/<appid>"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_ACCESS = logging.getLogger("pighand_token.access")
+_BODY_CACHE_SIZE = 1024
+
+
+class FastPath:
+    def __init__(self, app: WSGIApp, container: Any) -> None:
+        self.app = app
+        self.container = container
+        self.service = container.service
+        self.clients = container.clients
+        self.auth_required: bool = container.settings.auth_required
+        self._bodies: dict[str, bytes] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        started = time.perf_counter()
+        if environ.get("REQUEST_METHOD") != "GET":
+            return self.app(environ, start_response)
+        path: str = environ.get("PATH_INFO", "")
+        if not path.startswith("/token/"):
+            return self.app(environ, start_response)
+        platform, _, appid = path[7:].partition("/")
+        provider = self.service.providers.get(platform)
+        if provider is None or "/" in appid or not valid_appid(appid) or provider.appid_error(appid):
+            return self.app(environ, start_response)
+        client_name = None
+        if self.auth_required:
+            key = _api_key(environ)
+            client = self.clients.known(key) if key else None
+            if client is None or not client.allows(platform, appid):
+                return self.app(environ, start_response)
+            client_name = client.name
+        token = self.service.cached(TokenKey(platform, appid))
+        if token is None:
+            return self.app(environ, start_response)
+
+        body = self._body(token.value)
+        given = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                                  ("X-Request-Id", request_id)])
+        prometheus.http_request(ROUTE, "GET", 200)
+        if _ACCESS.isEnabledFor(logging.INFO):
+            _ACCESS.info("request", extra={"event": {
+                "kind": "request", "request_id": request_id, "client": client_name, "method": "GET",
+                "route": ROUTE, "platform": platform, "appid": appid, "tier": self.service.last_tier(),
+                "status": 200, "duration_ms": round((time.perf_counter() - started) * 1000, 2)}})
+        return [body]
+
+    def _body(self, value: str) -> bytes:
+        """The envelope, encoded once per token value."""
+        body = self._bodies.get(value)
+        if body is None:
+            if len(self._bodies) >= _BODY_CACHE_SIZE:
+                self._bodies.clear()
+            body = self._bodies[value] = (
+                b'{"code":200,"data":' + json.dumps(value).encode() + b',"error":""}')
+        return body
+
+
+def _api_key(environ: dict[str, Any]) -> str | None:
+    header: str = environ.get("HTTP_AUTHORIZATION", "")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return environ.get("HTTP_X_API_KEY") or None
