@@ -73,6 +73,7 @@ def percentile(values: list[float], pct: float) -> float:
 def one_round(layout: Layout, requests_n: int, latency_s: float, tmp: Path) -> Result:
     settings = {
         "PIGHAND_ENV": "testing", "PIGHAND_HOST": "127.0.0.1", "PIGHAND_IS_ENABLE_SCHEDULE": "false",
+        "PIGHAND_AUTH_REQUIRED": "false",
         "PIGHAND_LOG_LEVEL": "warning", "PIGHAND_SQLITE_PATH": str(tmp / f"{uuid.uuid4().hex}.sqlite3"),
         "PIGHAND_WORKERS": str(layout.workers), "PIGHAND_THREADS": "8",
     }
