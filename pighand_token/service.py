@@ -337,18 +337,6 @@ class TokenService:
             ))
         return rows
 
-    def _newest_stored(self, key: TokenKey) -> Token | None:
-        newest: Token | None = None
-        for store in self._read_order:
-            try:
-                token = store.get(key)
-            except Unavailable as exc:
-                self._warn(store.name, exc)
-                continue
-            if token is not None and token.newer_than(newest):
-                newest = token
-        return newest
-
     def forget(self, platform: str, appid: str) -> None:
         """Drop a token and its cooldown everywhere (credential removed or
         replaced)."""
@@ -389,15 +377,26 @@ class TokenService:
         return found
 
     def _read_shared(self, key: TokenKey) -> Token | None:
-        newest: Token | None = None
+        """The newest servable token of the shared tiers (what every worker sees)."""
         now = self.clock()
-        for store in self._shared:
+        return self._newest(key, self._shared, lambda t: t.servable(now, self.policy.margin_s))
+
+    def _newest_unexpired(self, key: TokenKey) -> Token | None:
+        now = self.clock()
+        return self._newest(key, self._read_order, lambda t: now < t.expires_at)
+
+    def _newest_stored(self, key: TokenKey) -> Token | None:
+        return self._newest(key, self._read_order, lambda t: True)
+
+    def _newest(self, key: TokenKey, stores: Sequence[TokenStore], accept: Callable[[Token], bool]) -> Token | None:
+        newest: Token | None = None
+        for store in stores:
             try:
                 token = store.get(key)
             except Unavailable as exc:
                 self._warn(store.name, exc)
                 continue
-            if token is not None and token.servable(now, self.policy.margin_s) and token.newer_than(newest):
+            if token is not None and accept(token) and token.newer_than(newest):
                 newest = token
         return newest
 
@@ -409,19 +408,6 @@ class TokenService:
     def _answered(self, key: TokenKey, tier: str) -> None:
         ANSWERED_BY.set(tier)
         self.metrics.token_lookup(key.platform, tier)
-
-    def _newest_unexpired(self, key: TokenKey) -> Token | None:
-        newest: Token | None = None
-        now = self.clock()
-        for store in self._read_order:
-            try:
-                token = store.get(key)
-            except Unavailable as exc:
-                self._warn(store.name, exc)
-                continue
-            if token is not None and now < token.expires_at and token.newer_than(newest):
-                newest = token
-        return newest
 
     def _put(self, store: TokenStore, key: TokenKey, token: Token) -> bool:
         """Write one tier; False if it failed (it is then skipped, not fatal)."""
