@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import secrets
-import signal
 import sys
-import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .server import FakePlatform, Reply, Request, route
+from .server import FakePlatform, Reply, Request, route, serve_until_stopped
 
 __all__ = ["App", "FakeDingTalk", "Token", "main"]
 
@@ -192,18 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         fake.add_app(app_key, secret, expires_in=expires_in)
     fake.delay(args.delay)
 
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    fake.start()
-    print(fake.base_url, flush=True)
-    try:
-        while not done.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake.stop()
-    return 0
+    return serve_until_stopped(fake)
 
 
 if __name__ == "__main__":

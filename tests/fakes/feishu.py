@@ -21,13 +21,11 @@ from __future__ import annotations
 import argparse
 import re
 import secrets
-import signal
 import sys
-import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .server import FakePlatform, Reply, Request, route
+from .server import FakePlatform, Reply, Request, route, serve_until_stopped
 
 __all__ = ["APP", "APP_PATH", "App", "FakeFeishu", "TENANT", "TENANT_PATH", "Token", "USERS_PATH", "main"]
 
@@ -255,18 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     fake = FakeFeishu(port=args.port, error_status=args.error_status)
     for app_id, secret, expires_in in args.app:
         fake.add_app(app_id, secret, expires_in=expires_in)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    fake.start()
-    print(fake.base_url, flush=True)
-    try:
-        while not done.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake.stop()
-    return 0
+    return serve_until_stopped(fake)
 
 
 if __name__ == "__main__":

@@ -473,3 +473,22 @@ class FakePlatform:
         if len(reply) == 3:
             return reply[0], reply[1], reply[2]
         return reply[0], reply[1], {}
+
+
+def serve_until_stopped(fake: FakePlatform) -> int:
+    """Run a fake in the foreground (``python -m tests.fakes.<platform>``):
+    print its base URL, serve until SIGTERM or Ctrl-C."""
+    import signal
+
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    fake.start()
+    print(fake.base_url, flush=True)
+    try:
+        while not done.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.stop()
+    return 0

@@ -238,6 +238,10 @@ def test_stable_concurrent_callers_get_one_token(wx: Client) -> None:
 
 
 def test_force_refresh_kills_previous_token_and_respects_limits(wx: Client) -> None:
+    # Start at noon Beijing time: the daily limit must not reset mid-test.
+    now = wx.fake.now()
+    noon = (now + 8 * 3600) // 86400 * 86400 + 4 * 3600
+    wx.fake.advance(noon - now if noon > now else noon + 86400 - now)
     wx.fake.force_refresh_daily_limit = 2
     old = wx.stable()["access_token"]
 
