@@ -35,6 +35,11 @@ def create_app(settings: Settings | None = None, *, overrides: Mapping[str, Any]
     configure_logging(settings.log_level)
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # Every answer is the envelope: no bare automatic OPTIONS answers (405
+    # with Allow instead), and no redirect for a doubled slash (404 instead,
+    # since merging could point at another app than the one asked for).
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.url_map.merge_slashes = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     container = bootstrap(settings, clock=clock)
     app.extensions["pighand"] = container
