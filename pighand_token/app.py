@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from . import api, cli, http_errors, ops
+from . import api, cli, http_errors, ops, status_page
 from .adapters import prometheus
 from .bootstrap import bootstrap
 from .config import Settings, load_settings
@@ -51,9 +51,7 @@ def create_app(settings: Settings | None = None, *, overrides: Mapping[str, Any]
     from .openapi import bp as openapi_bp
 
     app.register_blueprint(openapi_bp)
-    from .status_page import bp as status_page_bp
-
-    app.register_blueprint(status_page_bp)
+    app.register_blueprint(status_page.bp)
     app.register_blueprint(ops.bp)
     cli.register(app)
     if settings.fast_path:

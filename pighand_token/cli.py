@@ -282,6 +282,15 @@ def token_refresh(platform: str, appid: str) -> None:
     _show(token)
 
 
+@token_cli.command("status")
+@_friendly
+def token_status() -> None:
+    """Every token's state, expiry, last refresh and last platform error (never the tokens)."""
+    from .status_page import echo_status
+
+    echo_status(_container().service.status())
+
+
 @scheduler_cli.command("tick")
 @_friendly
 def scheduler_tick() -> None:
