@@ -85,6 +85,9 @@ def _stale_token() -> str | None:
         if not isinstance(body, dict):
             raise BadRequest('request body must be a JSON object like {"stale_token": "..."}')
         value = body.get("stale_token", body.get("nowToken"))
+    for name in ("stale_token", "nowToken"):
+        if name in request.args and not request.args[name]:
+            raise BadRequest(f"{name} must be a non-empty string")
     if value is None:
         value = request.args.get("stale_token", request.args.get("nowToken"))
     if value is None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from . import api, cli, http_errors, ops, status_page
+from . import api, cli, http_errors, openapi, ops, status_page
 from .adapters import prometheus
 from .bootstrap import bootstrap
 from .config import Settings, load_settings
@@ -48,9 +48,7 @@ def create_app(settings: Settings | None = None, *, overrides: Mapping[str, Any]
     app.before_request(_request_id)
     app.after_request(_finish_request)
     app.register_blueprint(api.bp)
-    from .openapi import bp as openapi_bp
-
-    app.register_blueprint(openapi_bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(status_page.bp)
     app.register_blueprint(ops.bp)
     cli.register(app)
