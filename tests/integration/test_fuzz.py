@@ -124,6 +124,7 @@ class Sent:
 
 KEY = "<<KEY>>"
 KEY_CUT = "<<KEY-1>>"  # the key less its last character
+KEY_SWAP = "<<KEY~>>"  # the key with its last character changed
 CURRENT = "<<CURRENT>>"
 # What a server hands over as header text: latin-1, no line breaks.
 latin1 = st.characters(min_codepoint=0x20, max_codepoint=0xFF,
@@ -135,7 +136,7 @@ urlsafe = string.ascii_letters + string.digits + "-_"
 def fake_key() -> st.SearchStrategy[str]:
     return st.one_of(
         st.text(urlsafe, min_size=43, max_size=43).map(lambda t: "pht_" + t),
-        st.sampled_from([KEY + "x", "x" + KEY, KEY_CUT, KEY_CUT + "A"]),
+        st.sampled_from([KEY + "x", "x" + KEY, KEY_CUT, KEY_SWAP]),
         header_text.map(lambda t: t if t.strip() else "x" + t),
     )
 
@@ -309,7 +310,9 @@ faults = st.sampled_from([None] * 8 + [("status", 500), ("status", 429), ("errco
 
 # -- sending and judging -----------------------------------------------------------
 def _fill(text: str, hub: Hub, key: str) -> str:
-    filled = text.replace(KEY_CUT, key[:-1]).replace(KEY, key)
+    # (KEY_CUT + a fixed letter would be the real key whenever it ends in that letter.)
+    swapped = key[:-1] + ("B" if key.endswith("A") else "A")
+    filled = text.replace(KEY_SWAP, swapped).replace(KEY_CUT, key[:-1]).replace(KEY, key)
     return filled.replace(CURRENT, hub.current_token() or "83_none")
 
 
