@@ -6,6 +6,7 @@ import shutil
 import sys
 import tempfile
 
+from pighand_token.auth import is_loopback
 from pighand_token.config import load_settings
 from pighand_token.errors import SettingsError
 
@@ -15,8 +16,7 @@ except SettingsError as exc:
     print(f"pighand-token: bad setting: {exc.message}", file=sys.stderr)
     sys.exit(2)
 
-_LOOPBACK = ("127.", "localhost", "::1", "[::1]")
-if not _settings.auth_required and not _settings.host.startswith(_LOOPBACK):
+if not _settings.auth_required and not is_loopback(_settings.host.strip("[]")):
     # Without keys anyone who reaches the port gets every token.
     print(f"pighand-token: bad setting: host={_settings.host!r} is invalid: with auth_required=false the "
           "server binds to loopback only (127.0.0.1, ::1); set auth_required=true to serve other hosts",

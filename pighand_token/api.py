@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 
+from .auth import api_key_from
 from .errors import BadRequest, PighandError
 from .http_errors import envelope
 from .service import TokenService
@@ -25,11 +26,7 @@ def _service() -> TokenService:
 
 
 def api_key() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, credentials = header.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return request.headers.get("X-Api-Key") or None
+    return api_key_from(request.environ)
 
 
 @bp.before_request
@@ -74,7 +71,7 @@ def get_ticket(platform: str, appid: str, ticket_type: str) -> Response:
 def _stale_token() -> str | None:
     """The token the caller found rejected: JSON ``stale_token`` (or the
     original service's ``nowToken``), or the same names in the query."""
-    value: object = None
+    given: dict[str, object] = {}
     raw = request.get_data(cache=False)
     if raw.strip():
         try:
@@ -84,14 +81,14 @@ def _stale_token() -> str | None:
             raise BadRequest("request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise BadRequest('request body must be a JSON object like {"stale_token": "..."}')
-        value = body.get("stale_token", body.get("nowToken"))
+        given = {name: body[name] for name in ("stale_token", "nowToken") if name in body}
     for name in ("stale_token", "nowToken"):
-        if name in request.args and not request.args[name]:
+        if name in request.args:
+            given.setdefault(name, request.args[name])
+    # Named but null or empty is a mistake, not "no stale token": a bare PUT
+    # would force a new token on everyone.
+    for name, value in given.items():
+        if not isinstance(value, str) or not value:
             raise BadRequest(f"{name} must be a non-empty string")
-    if value is None:
-        value = request.args.get("stale_token", request.args.get("nowToken"))
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise BadRequest("stale_token must be a non-empty string")
-    return value
+    value = given.get("stale_token", given.get("nowToken"))
+    return value if isinstance(value, str) else None

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 
 from . import api, cli, http_errors, openapi, ops, status_page
 from .adapters import prometheus
+from .auth import is_loopback
 from .bootstrap import bootstrap
 from .config import Settings, load_settings
+from .errors import Forbidden
 from .fastpath import FastPath
-from .logs import HideQuerySecrets, JsonFormatter
+from .logs import HideQuerySecrets, JsonFormatter, request_event, request_id
 from .ports import Clock
 from .scheduler import RefreshScheduler
 from .service import ANSWERED_BY
@@ -57,35 +57,34 @@ def create_app(settings: Settings | None = None, *, overrides: Mapping[str, Any]
     return app
 
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 _ACCESS = logging.getLogger("pighand_token.access")
 
 
 def _request_id() -> None:
-    """The caller's X-Request-Id when it is sane, else a new one."""
     g.started = time.perf_counter()
     ANSWERED_BY.set(None)
-    given = request.headers.get("X-Request-Id", "")
-    g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    g.request_id = request_id(request.headers.get("X-Request-Id"))
+    if not current_app.extensions["pighand"].settings.auth_required and not is_loopback(request.remote_addr):
+        # Without keys anyone who reaches the port gets every token; whatever
+        # address the server was bound to, only this machine may ask.
+        raise Forbidden("auth_required is off: only callers on this machine (loopback) are served")
 
 
 def _finish_request(response: Response) -> Response:
     """X-Request-Id on every answer, the request counted, and one JSON log
     line (when the access logger is on)."""
-    request_id = g.get("request_id") or uuid.uuid4().hex
-    response.headers["X-Request-Id"] = request_id
+    rid = g.get("request_id") or request_id(None)
+    response.headers["X-Request-Id"] = rid
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
     prometheus.http_request(route, request.method, response.status_code)
     if _ACCESS.isEnabledFor(logging.INFO):
         args = request.view_args or {}
-        started = g.get("started")
-        _ACCESS.info("request", extra={"event": {
-            "kind": "request", "request_id": request_id, "client": g.get("client"), "method": request.method,
-            "route": route, "platform": args.get("platform"), "appid": args.get("appid"),
-            "tier": ANSWERED_BY.get(), "status": response.status_code,
-            "duration_ms": None if started is None else round((time.perf_counter() - started) * 1000, 2)}})
+        _ACCESS.info("request", extra={"event": request_event(
+            request_id=rid, client=g.get("client"), method=request.method, route=route,
+            platform=args.get("platform"), appid=args.get("appid"), tier=ANSWERED_BY.get(),
+            status=response.status_code, started=g.get("started"))})
     return response
 
 

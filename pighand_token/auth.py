@@ -17,6 +17,8 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from .domain import Client
 from .errors import Forbidden, PighandError, Unauthorized
@@ -26,6 +28,22 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "pht_"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def api_key_from(environ: Mapping[str, Any]) -> str | None:
+    """The caller's key: ``Authorization: Bearer <key>`` or ``X-Api-Key``."""
+    header: str = environ.get("HTTP_AUTHORIZATION", "")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return environ.get("HTTP_X_API_KEY") or None
+
+
+def is_loopback(address: str | None) -> bool:
+    return bool(address) and (address in LOOPBACK or str(address).startswith("127."))
 
 
 def new_key() -> str:

@@ -132,7 +132,7 @@ def platform_remove(platform: str, appid: str) -> None:
         credential = None  # e.g. not decryptable with the current keys: remove it all the same
     provider = container.service.providers.get(platform)
     # Every token this credential serves (Alipay: one per merchant).
-    served = provider.token_appids(credential) if credential is not None and provider is not None else [appid]
+    served = provider.token_appids(appid) if credential is not None and provider is not None else [appid]
     if not container.credentials.remove(platform, appid):
         raise click.ClickException(f"no credential for {platform} appid {appid!r}")
     for token_appid in {appid, *served}:

@@ -269,8 +269,10 @@ def _check_combinations(settings: Settings) -> None:
                             "(make one with python3 -c 'from cryptography.fernet import Fernet; "
                             "print(Fernet.generate_key().decode())')")
     if settings.redis_url and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        # The URL may carry a password: show only its scheme.
+        scheme = settings.redis_url.split("://", 1)[0] + "://..." if "://" in settings.redis_url else "..."
         raise SettingsError(
-            f"redis_url={settings.redis_url!r} is invalid: allowed values are redis://, rediss:// or unix:// URLs")
+            f"redis_url={scheme!r} is invalid: allowed values are redis://, rediss:// or unix:// URLs")
     if settings.redis_sentinels:
         for item in settings.redis_sentinels.split(","):
             host, _, port = item.strip().rpartition(":")

@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from .adapters import prometheus
+from .auth import api_key_from, is_loopback
 from .domain import TokenKey, valid_appid
+from .logs import request_event, request_id
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 ROUTE = "/token/<platform>/<appid>"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _ACCESS = logging.getLogger("pighand_token.access")
 _BODY_CACHE_SIZE = 1024
 
@@ -52,8 +51,10 @@ class FastPath:
         if provider is None or "/" in appid or not valid_appid(appid) or provider.appid_error(appid):
             return self.app(environ, start_response)
         client_name = None
+        if not self.auth_required and not is_loopback(environ.get("REMOTE_ADDR")):
+            return self.app(environ, start_response)  # refused there
         if self.auth_required:
-            key = _api_key(environ)
+            key = api_key_from(environ)
             client = self.clients.known(key) if key else None
             if client is None or not client.allows(platform, appid):
                 return self.app(environ, start_response)
@@ -63,16 +64,14 @@ class FastPath:
             return self.app(environ, start_response)
 
         body = self._body(token.value)
-        given = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                                  ("X-Request-Id", request_id)])
+                                  ("X-Request-Id", rid)])
         prometheus.http_request(ROUTE, "GET", 200)
         if _ACCESS.isEnabledFor(logging.INFO):
-            _ACCESS.info("request", extra={"event": {
-                "kind": "request", "request_id": request_id, "client": client_name, "method": "GET",
-                "route": ROUTE, "platform": platform, "appid": appid, "tier": self.service.last_tier(),
-                "status": 200, "duration_ms": round((time.perf_counter() - started) * 1000, 2)}})
+            _ACCESS.info("request", extra={"event": request_event(
+                request_id=rid, client=client_name, method="GET", route=ROUTE, platform=platform, appid=appid,
+                tier=self.service.last_tier(), status=200, started=started)})
         return [body]
 
     def _body(self, value: str) -> bytes:
@@ -84,11 +83,3 @@ class FastPath:
             body = self._bodies[value] = (
                 b'{"code":200,"data":' + json.dumps(value).encode() + b',"error":""}')
         return body
-
-
-def _api_key(environ: dict[str, Any]) -> str | None:
-    header: str = environ.get("HTTP_AUTHORIZATION", "")
-    scheme, _, credentials = header.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return environ.get("HTTP_X_API_KEY") or None

@@ -7,7 +7,23 @@ import json
 import logging
 import re
 import time
+import uuid
 from typing import Any
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def request_id(given: str | None) -> str:
+    """The caller's X-Request-Id when it is sane, else a new one."""
+    return given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def request_event(*, request_id: str, client: str | None, method: str, route: str, platform: object,
+                  appid: object, tier: str | None, status: int, started: float | None) -> dict[str, Any]:
+    """The fields of the one JSON line logged per request."""
+    return {"kind": "request", "request_id": request_id, "client": client, "method": method, "route": route,
+            "platform": platform, "appid": appid, "tier": tier, "status": status,
+            "duration_ms": None if started is None else round((time.perf_counter() - started) * 1000, 2)}
 
 
 class JsonFormatter(logging.Formatter):

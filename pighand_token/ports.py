@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Protocol
@@ -16,6 +17,9 @@ class CredentialRepository(Protocol):
     def get(self, platform: str, appid: str) -> Credential | None: ...
 
     def list(self) -> list[Credential]: ...
+
+    def keys(self) -> builtins.list[tuple[str, str]]:
+        """(platform, appid) of every credential, without reading secrets."""
 
     def add(self, credential: Credential, *, update: bool = False) -> None:
         """Insert; raise Conflict if it exists and ``update`` is false."""
@@ -93,7 +97,7 @@ class Provider(Protocol):
     def check_credential(self, appid: str, secret: str) -> None:
         """Raise BadRequest for a credential the platform cannot use."""
 
-    def token_appids(self, credential: Credential) -> list[str]:
+    def token_appids(self, appid: str) -> list[str]:
         """The token appids one credential serves (for the scheduler)."""
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 
-from .domain import Cooldown, Credential, Token, TokenKey, valid_appid
+from .domain import Cooldown, Token, TokenKey, valid_appid
 from .errors import (
     BadRequest,
     NotFound,
@@ -245,10 +245,14 @@ class TokenService:
         def work() -> Token:
             current = self._read_shared(key)
             if current is not None:
-                if stale_token is not None and current.value != stale_token:
-                    return current
-                if stale_token is None and current.fetched_at >= requested_at:
-                    # Another refresh finished while this one waited.
+                answer_current = (current.value != stale_token if stale_token is not None
+                                  # Another refresh finished while this one waited.
+                                  else current.fetched_at >= requested_at)
+                if answer_current:
+                    # Write it back: a tier above may still hold the token the
+                    # caller found stale (Redis back from an outage with old
+                    # data, this worker's memory).
+                    self._write(key, current)
                     return current
             replacing = stale_token if stale_token is not None else (current.value if current else None)
             if caller is not None:
@@ -264,17 +268,17 @@ class TokenService:
         # One interval and a fifth: ticks drift, and a token due just after
         # the next tick would otherwise be refreshed by a request instead.
         horizon = self.policy.margin_s * 1.2
-        for credential, key in self._scheduled():
+        for key in self._scheduled():
             current = self._read_shared(key)
             if current is not None and not current.due(self.clock(), self.policy.margin_s, horizon):
                 report.fresh.append(key)
                 continue
 
-            def work(credential: Credential = credential, key: TokenKey = key) -> Token:
+            def work(key: TokenKey = key) -> Token:
                 current = self._read_shared(key)
                 if current is not None and not current.due(self.clock(), self.policy.margin_s, horizon):
                     return current
-                return self._fetch_and_store(key, credential=credential)
+                return self._fetch_and_store(key)
 
             try:
                 self._locked(key, work)
@@ -300,21 +304,21 @@ class TokenService:
             raise RateLimited(f"client {caller!r} refreshed {key} {self.policy.refresh_limit_per_minute} times "
                               "this minute; use the current token or wait", wait_s)
 
-    def _scheduled(self) -> list[tuple[Credential, TokenKey]]:
-        pairs = []
-        for credential in self.credentials.list():
-            provider = self.providers.get(credential.platform)
-            if provider is None:
-                continue
-            for appid in provider.token_appids(credential):
-                pairs.append((replace(credential, appid=appid), TokenKey(credential.platform, appid)))
-        return pairs
+    def _scheduled(self) -> list[TokenKey]:
+        """Every token the credentials serve. Secrets are not decrypted here:
+        one row that cannot be must not stop the others."""
+        keys: list[TokenKey] = []
+        for platform, appid in self.credentials.keys():
+            provider = self.providers.get(platform)
+            if provider is not None:
+                keys.extend(TokenKey(platform, token_appid) for token_appid in provider.token_appids(appid))
+        return keys
 
     def status(self) -> list[TokenStatus]:
         """The state of every configured token, from the shared tiers."""
         rows = []
         now = self.clock()
-        for _, key in self._scheduled():
+        for key in self._scheduled():
             token = self._newest_stored(key)
             cooldown = self._cooldown(key)
             if token is not None and token.servable(now, self.policy.margin_s):
@@ -475,13 +479,11 @@ class TokenService:
             return token
         raise Unavailable(f"timed out waiting for another worker's refresh of {key}; try again")
 
-    def _fetch_and_store(self, key: TokenKey, *, replacing: str | None = None,
-                         credential: Credential | None = None) -> Token:
+    def _fetch_and_store(self, key: TokenKey, *, replacing: str | None = None) -> Token:
         provider = self.providers[key.platform]
+        credential = self.credentials.get(key.platform, provider.credential_appid(key.appid))
         if credential is None:
-            credential = self.credentials.get(key.platform, provider.credential_appid(key.appid))
-            if credential is None:
-                raise UnknownApp(key.platform, provider.credential_appid(key.appid))
+            raise UnknownApp(key.platform, provider.credential_appid(key.appid))
         if credential.appid != key.appid:
             credential = replace(credential, appid=key.appid)
         cooldown = self._cooldown(key)

@@ -17,9 +17,9 @@ from typing import Any
 
 import pymysql
 import pytest
-from hypothesis import settings as hypothesis_settings
 import redis
 import requests
+from hypothesis import settings as hypothesis_settings
 
 from pighand_token.app import create_app
 from tests.fakes.wechat import FakeWeChat

@@ -3,6 +3,7 @@ credential repository and locks the unit tests (and nothing else) use."""
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -60,6 +61,9 @@ class MemoryCredentialRepository:
 
     def list(self) -> list[Credential]:
         return sorted(self._rows.values(), key=lambda c: (c.platform, c.appid))
+
+    def keys(self) -> builtins.list[tuple[str, str]]:
+        return sorted(self._rows)
 
     def add(self, credential: Credential, *, update: bool = False) -> None:
         self.add_many([credential], update=update)

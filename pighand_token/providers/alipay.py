@@ -251,8 +251,8 @@ class AlipayProvider(HttpProvider):
                              "'flask --app wsgi alipay grant APPID --code APP_AUTH_CODE'")
         parse_key_bundle(secret)
 
-    def token_appids(self, credential: Credential) -> list[str]:
-        return [grant.token_appid for grant in self.grants.list(credential.appid)]
+    def token_appids(self, appid: str) -> list[str]:
+        return [grant.token_appid for grant in self.grants.list(appid)]
 
     def key_bundle(self, credential: Credential) -> KeyBundle:
         """The credential's parsed keys, parsed once per secret."""

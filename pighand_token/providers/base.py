@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, quote_plus
 
 import requests
 
@@ -35,9 +36,12 @@ class ProviderContext:
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` without any of ``secrets``, raw or URL-encoded (requests
+    puts the encoded URL, query string included, into its messages)."""
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
+            for spelling in {secret, quote(secret, safe=""), quote_plus(secret)}:
+                text = text.replace(spelling, "***")
     return text
 
 
@@ -82,10 +86,10 @@ class HttpProvider:
     def check_credential(self, appid: str, secret: str) -> None:
         """Refuse a credential this platform cannot use (raise BadRequest)."""
 
-    def token_appids(self, credential: Credential) -> list[str]:
-        """The token appids a credential serves, for the scheduler (Alipay:
-        one per authorized merchant)."""
-        return [credential.appid]
+    def token_appids(self, appid: str) -> list[str]:
+        """The token appids the credential ``appid`` serves, for the
+        scheduler (Alipay: one per authorized merchant)."""
+        return [appid]
 
     def request_json(self, method: str, path: str, *, secrets: Iterable[str], accept_status: bool = False,
                      **kwargs: Any) -> tuple[int, dict[str, Any]]:

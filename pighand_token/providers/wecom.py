@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-from urllib.parse import quote, quote_plus
 
 from ..domain import Credential, Token
 from ..errors import BadRequest, UpstreamError
@@ -56,10 +55,6 @@ def _split(appid: str) -> tuple[str, str] | None:
 
 
 
-def _spellings(secret: str) -> list[str]:
-    return list(dict.fromkeys([secret, quote_plus(secret), quote(secret, safe="")]))
-
-
 class WeComProvider(HttpProvider):
     platform = "wecom"
     # The same token comes back until it expires: the service then serves it
@@ -95,10 +90,8 @@ class WeComProvider(HttpProvider):
             raise BadRequest(self.appid_error(credential.appid) or "malformed wecom appid")
         corpid, _ = parts
         started = self.clock()
-        # The corpsecret travels in the query string, which requests copies
-        # into its error texts URL-encoded: redact both spellings.
         _, body = self.request_json(
-            "GET", TOKEN_PATH, secrets=_spellings(credential.secret),
+            "GET", TOKEN_PATH, secrets=[credential.secret],
             params={"corpid": corpid, "corpsecret": credential.secret},
         )
         token = self._token(body, started, credential)
@@ -123,7 +116,7 @@ class WeComProvider(HttpProvider):
         return Token(value=value, expires_at=started + float(expires_in), fetched_at=started)
 
     def _error(self, errcode: int, errmsg: str, credential: Credential) -> UpstreamError:
-        errmsg = redact(errmsg, _spellings(credential.secret))
+        errmsg = redact(errmsg, [credential.secret])
         hint = HINTS.get(errcode)
         if errcode == 60020:
             match = _FROM_IP.search(errmsg)

@@ -199,6 +199,8 @@ def test_malformed_appid_is_400(make_app: Any, appid: str) -> None:
     ("[1, 2]", "application/json"),
     ('{"stale_token": 5}', "application/json"),
     ('{"stale_token": ""}', "application/json"),
+    ('{"stale_token": null}', "application/json"),
+    ('{"nowToken": 42, "stale_token": "x"}', "application/json"),
     ("\xff\xfe", "application/octet-stream"),
 ])
 def test_malformed_put_body_is_400_and_calls_nothing(make_app: Any, wechat: FakeWeChat, payload: str,
@@ -355,3 +357,13 @@ def test_cached_get_is_answered_without_flask_on_the_hot_path(make_app: Any, wec
     assert first.headers["Content-Type"] == cached.headers["Content-Type"] == "application/json"
     assert cached.headers["X-Request-Id"] == "abc"
     assert len(through_flask) == (1 if serving_path == "fast" else 2)
+
+
+def test_auth_off_serves_only_loopback_callers(make_app: Any, wechat: FakeWeChat, serving_path: str) -> None:
+    app = make_app()
+    seed(app)
+    client = app.test_client()
+    assert client.get(f"/token/wechat/{APP}").status_code == 200  # warm: the hot path could answer next
+    remote = client.get(f"/token/wechat/{APP}", environ_base={"REMOTE_ADDR": "192.0.2.10"})
+    assert remote.status_code == 403 and body(remote)["data"] is None and "loopback" in body(remote)["error"]
+    assert client.get(f"/token/wechat/{APP}", environ_base={"REMOTE_ADDR": "::1"}).status_code == 200

@@ -83,8 +83,8 @@ class FakeProvider:
     def check_credential(self, appid: str, secret: str) -> None:
         pass
 
-    def token_appids(self, credential: Credential) -> list[str]:
-        return [credential.appid]
+    def token_appids(self, appid: str) -> list[str]:
+        return [appid]
 
     def fetch(self, credential: Credential, *, replacing: str | None = None) -> Token:
         with self._lock:
@@ -468,3 +468,40 @@ def test_status_reports_state_expiry_and_last_error_without_values(service: Toke
     assert row.retry_in_s is not None and "tok-" not in repr(row)
     clock.advance(100)
     assert service.status()[0].state == "failing"
+
+
+def test_put_with_a_stale_token_repairs_a_tier_still_holding_it(clock: Clock, provider: FakeProvider,
+                                                                shared: SharedStore) -> None:
+    # Redis came back from an outage with the token it had; the newer one,
+    # fetched meanwhile, is in the SQL fallback.
+    fallback = FallbackShared()
+    memory = MemoryTokenStore(clock, ttl_s=30)
+    service = TokenService(
+        credentials=MemoryCredentialRepository([Credential("wechat", "wx1", "secret-1")]),
+        stores=[shared, memory], fallback=fallback, locks=MemoryLocks(clock), providers={"wechat": provider},
+        cooldowns=MemoryCooldowns(), clock=clock, policy=Policy(margin_s=300), sleep=lambda s: None)
+    shared.tokens[KEY] = Token("old", clock() + 7000, clock() - 10)
+    fallback.tokens[KEY] = Token("newer", clock() + 7100, clock() - 5)
+    assert service.get("wechat", "wx1").value == "old"
+    assert service.refresh("wechat", "wx1", stale_token="old").value == "newer"
+    assert service.get("wechat", "wx1").value == "newer" and shared.tokens[KEY].value == "newer"
+    assert provider.calls == []
+
+
+def test_one_unreadable_credential_does_not_stop_the_others(clock: Clock, provider: FakeProvider,
+                                                             shared: SharedStore, memory: MemoryTokenStore) -> None:
+    from pighand_token.crypto import DecryptError
+
+    class Repo(MemoryCredentialRepository):
+        def get(self, platform: str, appid: str) -> Credential | None:
+            if appid == "wx_broken":
+                raise DecryptError("a stored secret cannot be decrypted with any configured encryption_key")
+            return super().get(platform, appid)
+
+    service = TokenService(
+        credentials=Repo([Credential("wechat", "wx1", "s"), Credential("wechat", "wx_broken", "?")]),
+        stores=[memory, shared], locks=MemoryLocks(clock), providers={"wechat": provider},
+        cooldowns=MemoryCooldowns(), clock=clock, policy=Policy(margin_s=300), sleep=lambda s: None)
+    report = service.refresh_due()
+    assert report.refreshed == [KEY] and list(report.failed) == [TokenKey("wechat", "wx_broken")]
+    assert [(s.appid, s.state) for s in service.status()] == [("wx1", "valid"), ("wx_broken", "missing")]
