@@ -14,7 +14,7 @@ import redis as redis_lib
 import requests
 
 from .adapters import redis as redis_adapters
-from .adapters.fallback import FallbackLocks
+from .adapters.fallback import FallbackCooldowns, FallbackCounters, FallbackLocks
 from .adapters.memory import MemoryTokenStore
 from .adapters.prometheus import PrometheusMetrics
 from .adapters.sql import (
@@ -112,8 +112,10 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
             fallback = sql
         locks = FallbackLocks(redis_adapters.RedisLocks(client, key_prefix=prefix, breaker=breaker),
                               SqlLocks(db, clock))
-        cooldowns = redis_adapters.RedisCooldowns(client, clock=clock, key_prefix=prefix, breaker=breaker)
-        counters = redis_adapters.RedisCounters(client, key_prefix=prefix, breaker=breaker)
+        cooldowns = FallbackCooldowns(
+            redis_adapters.RedisCooldowns(client, clock=clock, key_prefix=prefix, breaker=breaker), SqlCooldowns(db))
+        counters = FallbackCounters(redis_adapters.RedisCounters(client, key_prefix=prefix, breaker=breaker),
+                                    SqlCounters(db))
     else:
         stores = [memory, sql]
         locks = SqlLocks(db, clock)

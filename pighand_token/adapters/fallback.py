@@ -1,12 +1,14 @@
-"""Locks that use Redis while it answers and the SQL store while it does not."""
+"""Shared state that lives in Redis while it answers and in the SQL store
+while it does not: locks, cooldowns, rate-limit counters."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
+from ..domain import Cooldown, TokenKey
 from ..errors import Unavailable
-from ..ports import Locks
+from ..ports import Cooldowns, Counters, Locks
 
 
 class FallbackLocks:
@@ -28,3 +30,45 @@ class FallbackLocks:
             return self._primary.claim(name, lease_s=lease_s)
         except Unavailable:
             return self._secondary.claim(name, lease_s=lease_s)
+
+
+class FallbackCooldowns:
+    """Cooldowns in Redis, and in SQL while Redis does not answer, so a
+    failing app keeps resting during an outage."""
+
+    def __init__(self, primary: Cooldowns, secondary: Cooldowns) -> None:
+        self._primary = primary
+        self._secondary = secondary
+
+    def get(self, key: TokenKey) -> Cooldown | None:
+        try:
+            return self._primary.get(key)
+        except Unavailable:
+            return self._secondary.get(key)
+
+    def record(self, key: TokenKey, cooldown: Cooldown) -> None:
+        try:
+            self._primary.record(key, cooldown)
+        except Unavailable:
+            self._secondary.record(key, cooldown)
+
+    def clear(self, key: TokenKey) -> None:
+        for store in (self._primary, self._secondary):
+            try:
+                store.clear(key)
+            except Unavailable:
+                pass
+
+
+class FallbackCounters:
+    """Rate limits counted in Redis, and in SQL while Redis does not answer."""
+
+    def __init__(self, primary: Counters, secondary: Counters) -> None:
+        self._primary = primary
+        self._secondary = secondary
+
+    def hit(self, name: str, *, limit: int, window_start: float, window_end: float, now: float) -> float | None:
+        try:
+            return self._primary.hit(name, limit=limit, window_start=window_start, window_end=window_end, now=now)
+        except Unavailable:
+            return self._secondary.hit(name, limit=limit, window_start=window_start, window_end=window_end, now=now)

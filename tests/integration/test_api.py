@@ -367,3 +367,13 @@ def test_auth_off_serves_only_loopback_callers(make_app: Any, wechat: FakeWeChat
     remote = client.get(f"/token/wechat/{APP}", environ_base={"REMOTE_ADDR": "192.0.2.10"})
     assert remote.status_code == 403 and body(remote)["data"] is None and "loopback" in body(remote)["error"]
     assert client.get(f"/token/wechat/{APP}", environ_base={"REMOTE_ADDR": "::1"}).status_code == 200
+
+
+def test_cooldown_holds_while_redis_is_down(make_app: Any, wechat: FakeWeChat, serving_path: str) -> None:
+    app = make_app("sqlite", redis_host="127.0.0.1", redis_port=9)
+    seed(app, APP, "wrong-secret")
+    client = app.test_client()
+    assert client.get(f"/token/wechat/{APP}").status_code == 502
+    resting = client.get(f"/token/wechat/{APP}")
+    assert resting.status_code == 502 and int(resting.headers["Retry-After"]) >= 1
+    assert wechat.count() == 1  # the pause was kept in SQL
