@@ -6,17 +6,19 @@ import csv
 import io
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
-from functools import wraps
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from flask import Flask, current_app
+from flask import Flask
 from flask.cli import AppGroup
 
 from .cli_alipay import alipay_cli
-from .cli_security import audit_cli, client_cli, operator, secrets_cli
+from .cli_common import container as _container
+from .cli_common import friendly as _friendly
+from .cli_common import operator
+from .cli_security import audit_cli, client_cli, secrets_cli
 from .domain import Credential, valid_appid
 from .errors import PighandError
 
@@ -25,22 +27,6 @@ platform_cli = AppGroup("platform", help="Platform credentials (platform, appid,
 token_cli = AppGroup("token", help="Tokens.")
 scheduler_cli = AppGroup("scheduler", help="The refresh scheduler.")
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _container() -> Any:
-    return current_app.extensions["pighand"]
-
-
-def _friendly(fn: F) -> F:
-    """Show a PighandError as one 'Error: ...' line and exit 1."""
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PighandError as exc:
-            raise click.ClickException(exc.message) from None
-    return wrapper  # type: ignore[return-value]
 
 
 def _check(platform: str, appid: str) -> None:

@@ -9,36 +9,17 @@ a refresh token.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
+from .cli_common import container as _container
+from .cli_common import friendly as _friendly
 from .domain import valid_appid
-from .errors import PighandError
 from .providers.alipay import AlipayProvider
 
 alipay_cli = AppGroup("alipay", help="Alipay merchant grants (the app_auth_token of each authorizing merchant).")
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _friendly(fn: F) -> F:
-    """Show a PighandError as one 'Error: ...' line and exit 1."""
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PighandError as exc:
-            raise click.ClickException(exc.message) from None
-    return wrapper  # type: ignore[return-value]
-
-
-def _container() -> Any:
-    return current_app.extensions["pighand"]
 
 
 def _provider() -> AlipayProvider:

@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import getpass
 import time
-from typing import Any
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from .adapters.sql import reencrypt
 from .auth import NAME_PATTERN, hash_key, new_key
+from .cli_common import container as _container
+from .cli_common import operator
 from .domain import Client, valid_appid
 from .errors import PighandError
 
 client_cli = AppGroup("client", help="API clients and their keys.")
 secrets_cli = AppGroup("secrets", help="Encryption of stored secrets.")
 audit_cli = AppGroup("audit", help="The audit trail.")
-
-
-def _container() -> Any:
-    return current_app.extensions["pighand"]
-
-
-def operator() -> str:
-    """Who ran a command, for the audit trail."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 def _when(at: float | None) -> str:

@@ -1,0 +1,38 @@
+"""What every command group shares."""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from flask import current_app
+
+from .errors import PighandError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def container() -> Any:
+    return current_app.extensions["pighand"]
+
+
+def friendly(fn: F) -> F:
+    """Show a PighandError as one 'Error: ...' line and exit 1."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PighandError as exc:
+            raise click.ClickException(exc.message) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def operator() -> str:
+    """Who ran a command, for the audit trail."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
