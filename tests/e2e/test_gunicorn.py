@@ -56,13 +56,12 @@ def test_concurrent_cold_gets_over_four_workers_make_one_call(kind: str, tmp_pat
     wechat.delay(0.2)  # a slow platform widens the race
     with Gunicorn(tmp_path, workers=4, wechat_api_base=wechat.base_url, is_enable_schedule=False,
                   **settings) as server:
-        with requests.Session() as http, ThreadPoolExecutor(40) as pool:
+        with ThreadPoolExecutor(40) as pool:
             answers = list(pool.map(lambda _: requests.get(f"{server.base_url}/token/wechat/wx_app_1", timeout=30),
                                     range(80)))
         assert [a.status_code for a in answers] == [200] * 80, server.log()
         assert len({envelope(a)["data"] for a in answers}) == 1
         assert wechat.count(STABLE) == 1
-        del http
 
 
 def test_put_on_one_worker_is_served_by_all_with_redis(tmp_path: Path, wechat: FakeWeChat,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -104,4 +103,3 @@ def test_metrics_count_platform_errors_by_errcode(make_app: Any, wechat: FakeWeC
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert sample(text, "pighand_platform_calls_total", errcode="40125") == before + 1
     assert sample(text, "pighand_token_state", appid=APP, state="failing") == 1
-    time.sleep(0)

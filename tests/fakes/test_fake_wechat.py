@@ -237,11 +237,16 @@ def test_stable_concurrent_callers_get_one_token(wx: Client) -> None:
     assert len(set(results)) == 1
 
 
-def test_force_refresh_kills_previous_token_and_respects_limits(wx: Client) -> None:
-    # Start at noon Beijing time: the daily limit must not reset mid-test.
+def beijing_noon(wx: Client) -> None:
+    """Move the fake's clock to the next noon in Beijing, whose calendar day
+    the daily limits count in, so no limit resets in the middle of a test."""
     now = wx.fake.now()
     noon = (now + 8 * 3600) // 86400 * 86400 + 4 * 3600
     wx.fake.advance(noon - now if noon > now else noon + 86400 - now)
+
+
+def test_force_refresh_kills_previous_token_and_respects_limits(wx: Client) -> None:
+    beijing_noon(wx)
     wx.fake.force_refresh_daily_limit = 2
     old = wx.stable()["access_token"]
 
@@ -302,6 +307,7 @@ def test_stable_requires_json_post(wx: Client) -> None:
 
 
 def test_daily_quota_45009_per_appid_and_day(wx: Client) -> None:
+    beijing_noon(wx)
     wx.fake.daily_quota = 3
     wx.fake.add_app("wx_other", "other")
     for _ in range(3):
@@ -316,6 +322,7 @@ def test_daily_quota_45009_per_appid_and_day(wx: Client) -> None:
 
 
 def test_stable_quota_and_day_rollover(wx: Client) -> None:
+    beijing_noon(wx)
     wx.fake.daily_quota = 2
     wx.stable()
     wx.stable()
