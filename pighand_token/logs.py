@@ -3,8 +3,10 @@ line the service writes, each a single JSON object on stderr."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -13,9 +15,22 @@ from typing import Any
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
+# A new id is a random per-process prefix and a counter: unique across
+# workers and instances, and free of uuid4's os.urandom call, which cost
+# about a tenth of a cached GET's time in a worker.
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_ID_COUNTER = itertools.count(1)
+_ID_PID = os.getpid()
+
+
 def request_id(given: str | None) -> str:
     """The caller's X-Request-Id when it is sane, else a new one."""
-    return given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    global _ID_PREFIX, _ID_PID
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    if os.getpid() != _ID_PID:  # a forked worker: its own prefix
+        _ID_PID, _ID_PREFIX = os.getpid(), uuid.uuid4().hex[:12]
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
 def request_event(*, request_id: str, client: str | None, method: str, route: str, platform: object,
