@@ -6,9 +6,11 @@ import logging
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Request, Response, current_app, g, request
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import RequestRedirect
 
 from . import api, cli, http_errors, openapi, ops, status_page
 from .adapters import prometheus
@@ -25,6 +27,16 @@ from .service import ANSWERED_BY
 MAX_BODY_BYTES = 64 * 1024
 
 
+class _Flask(Flask):
+    def raise_routing_exception(self, request: Request) -> NoReturn:
+        # Werkzeug answers some odd paths ("", "//") with a redirect to the
+        # canonical URL, outside every error handler: answer 404 instead,
+        # like any other path that names no route.
+        if isinstance(request.routing_exception, RequestRedirect):
+            raise NotFound()
+        super().raise_routing_exception(request)
+
+
 def create_app(settings: Settings | None = None, *, overrides: Mapping[str, Any] | None = None,
                clock: Clock = time.time) -> Flask:
     """Build the app. Connects to nothing: stores open on first use.
@@ -33,7 +45,7 @@ def create_app(settings: Settings | None = None, *, overrides: Mapping[str, Any]
     """
     settings = settings or load_settings(overrides)
     configure_logging(settings.log_level)
-    app = Flask(__name__, static_folder=None)
+    app = _Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # Every answer is the envelope: no bare automatic OPTIONS answers (405
     # with Allow instead), and no redirect for a doubled slash (404 instead,

@@ -702,3 +702,11 @@ def test_valid_key_gets_the_token_and_nothing_leaks(hub: Hub) -> None:
         blob = answer.get_data(as_text=True) + str(answer.headers)
         assert SECRET not in blob and hub.key not in blob and token not in str(answer.headers)
     assert hub.wechat.count() == 1
+
+
+@pytest.mark.parametrize("path", ["", "//"])
+def test_paths_werkzeug_would_redirect_answer_the_404_envelope(hub: Any, path: str) -> None:
+    client = hub.app.test_client()
+    answer = client.open(environ_overrides={"PATH_INFO": path}) if not path else client.get(path)
+    assert answer.status_code == 404 and "Location" not in answer.headers
+    assert answer.get_json() == {"code": 404, "data": None, "error": answer.get_json()["error"]}
