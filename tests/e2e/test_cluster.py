@@ -18,6 +18,7 @@ import requests
 from tests.conftest import Gunicorn, free_port
 from tests.e2e.test_gunicorn import envelope, seed, storage
 from tests.fakes.wechat import FakeWeChat
+from tests.integration.test_redis_connections import wait_ping
 
 STABLE = "/cgi-bin/stable_token"
 CLASSIC = "/cgi-bin/token"
@@ -132,13 +133,7 @@ def test_redis_killed_mid_run_keeps_serving_and_is_used_again(tmp_path: Path, we
     try:
         import redis as redis_lib
         client = redis_lib.Redis(port=port, decode_responses=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                client.ping()
-                break
-            except redis_lib.ConnectionError:
-                time.sleep(0.05)
+        wait_ping(client)
         settings = {"sqlite_path": str(tmp_path / "pighand.sqlite3"), "redis_host": "127.0.0.1",
                     "redis_port": port}
         seed(settings, (APP, SECRET))
@@ -162,13 +157,7 @@ def test_redis_killed_mid_run_keeps_serving_and_is_used_again(tmp_path: Path, we
             # Restarted (empty): used again and back-filled on the next lookups.
             redis_proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             client = redis_lib.Redis(port=port, decode_responses=True)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    client.ping()
-                    break
-                except redis_lib.ConnectionError:
-                    time.sleep(0.05)
+            wait_ping(client)
             deadline = time.monotonic() + 10
             while client.get(f"wechat_{APP}") is None and time.monotonic() < deadline:
                 assert requests.get(url, timeout=10).status_code == 200
