@@ -223,7 +223,11 @@ class Gunicorn:
                 self.proc.wait(timeout=5)
 
     def __enter__(self) -> Gunicorn:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
