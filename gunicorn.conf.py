@@ -26,9 +26,13 @@ if not _settings.auth_required and not is_loopback(_settings.host.strip("[]")):
 bind = [f"{_settings.host}:{_settings.port}"]
 workers = _settings.workers or min(2 * multiprocessing.cpu_count() + 1, 8)
 # Threaded workers: a slow platform call blocks one thread, not a worker,
-# and keep-alive saves a TCP handshake per request.
-worker_class = "gthread"
-threads = _settings.threads or 4
+# and keep-alive saves a TCP handshake per request. gunicorn's gthread, except
+# that a new connection goes to the worker holding the fewest (see worker.py).
+worker_class = "pighand_token.worker.TokenWorker"
+# A thread stays on a busy keep-alive connection while no other connection
+# waits (worker.py), so threads bound the connections a worker serves at full
+# speed; more CPUs, more callers expected.
+threads = _settings.threads or min(max(8, 4 * multiprocessing.cpu_count()), 32)
 keepalive = 5
 # Longer than the slowest refresh (retries included) so no request is cut.
 timeout = max(30, int(_settings.upstream_timeout * 4 + 10))
@@ -62,9 +66,18 @@ def on_exit(server):
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
+def pre_fork(server, worker):
+    from pighand_token.worker import assign_slot
+
+    assign_slot(server, worker)
+
+
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 
+    from pighand_token.worker import release_slot
+
+    release_slot(server, worker)
     multiprocess.mark_process_dead(worker.pid)
 
 

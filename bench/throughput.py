@@ -54,7 +54,7 @@ SYNC_FLAGS = ["-w", "2", "-k", "sync", "--threads", "1"]
 SHIPPED_FLAGS = ["-w", "2"]
 # gunicorn names the worker class it really uses at info level; checked below.
 LOG_FLAGS = ["--log-level", "info"]
-EXPECTED_WORKER = {"sync": "sync", "shipped": "gthread"}
+EXPECTED_WORKER = {"sync": "sync", "shipped": "pighand_token.worker.TokenWorker"}
 # A run is flagged noisy when other processes used more than this many cores
 # on average while it ran.
 NOISE_CORES = 0.10
@@ -203,8 +203,14 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 class Server:
-    """One gunicorn master in its own session, so stopping it takes its
-    workers with it and a Ctrl-C in the terminal reaches only this script."""
+    """One gunicorn master in its own process group, so stopping it takes its
+    workers with it and a Ctrl-C in the terminal reaches only this script.
+
+    A process group, not a session: with the kernel's autogroup scheduling
+    (sched_autogroup_enabled, on by default) every session is scheduled as one
+    unit, so a server in a session of its own and wrk in this one would split
+    the cores by session instead of by process, which skews the numbers with
+    the worker class."""
 
     def __init__(self, name: str, argv: Sequence[str], *, env: dict[str, str], cwd: Path, port: int,
                  log_dir: Path) -> None:
@@ -220,7 +226,7 @@ class Server:
     def start(self, timeout_s: float = 30.0) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, process_group=0)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
