@@ -1,0 +1,217 @@
+"""The shipped worker class (pighand_token.worker.TokenWorker) under a real
+gunicorn: how connections are spread over workers and threads.
+
+Which worker answered is read from X-Request-Id: a generated id starts with a
+prefix drawn once per worker process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from pighand_token.worker import ConnectionBoard
+from tests.conftest import Gunicorn
+
+REQUEST = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
+
+
+class Conn:
+    """One raw keep-alive HTTP/1.1 connection."""
+
+    def __init__(self, port: int, timeout_s: float = 10) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        self.buf = b""
+
+    def send(self, data: bytes = REQUEST) -> None:
+        self.sock.sendall(data)
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers["content-length"])
+        while len(self.buf) < length:
+            self._fill()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return int(lines[0].split()[1]), headers, body
+
+    def get(self) -> str:
+        """One request; the answering worker's request-id prefix."""
+        self.send()
+        status, headers, _ = self.response()
+        assert status == 200
+        return headers["x-request-id"][:12]
+
+    def closed_by_server(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        self.buf += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def open_together(port: int, n: int) -> list[Conn]:
+    """n connections opened at the same moment, as a client's pool does."""
+    conns: list[Conn | None] = [None] * n
+    barrier = threading.Barrier(n)
+
+    def connect(i: int) -> None:
+        barrier.wait()
+        conns[i] = Conn(port)
+
+    threads = [threading.Thread(target=connect, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(c is not None for c in conns)
+    return [c for c in conns if c is not None]
+
+
+def get_on_each(conns: list[Conn]) -> Counter[str]:
+    """One request on every connection at once; how many each worker answered."""
+    with ThreadPoolExecutor(len(conns)) as pool:
+        return Counter(pool.map(Conn.get, conns))
+
+
+def wait_for_workers(server: Gunicorn, workers: int, timeout_s: float = 30) -> None:
+    """Until every worker has booted and answers (gunicorn answers as soon as
+    the first one does)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        conns = open_together(server.port, 4 * workers)
+        seen = get_on_each(conns)
+        for c in conns:
+            c.close()
+        if len(seen) == workers:
+            time.sleep(0.2)  # the workers see the closes
+            return
+        assert time.monotonic() < deadline, f"only {len(seen)} of {workers} workers answer"
+        time.sleep(0.2)
+
+
+def test_connections_opened_together_are_spread_evenly_over_the_workers(tmp_path: Path) -> None:
+    # Left to the kernel, whichever worker wakes first takes most of a burst
+    # (and keep-alive makes that stick); here every burst splits 8/8 or 9/7.
+    with Gunicorn(tmp_path, workers=2, is_enable_schedule=False) as server:
+        wait_for_workers(server, 2)
+        for _ in range(5):
+            conns = open_together(server.port, 16)
+            served_by = get_on_each(conns)
+            for c in conns:
+                c.close()
+            assert sorted(served_by.values()) in ([8, 8], [7, 9]), served_by
+            time.sleep(0.2)  # the workers see the closes
+
+
+def test_a_frozen_sibling_does_not_stop_new_connections_being_served(tmp_path: Path) -> None:
+    # A worker holding fewer connections but not accepting (stopped here with
+    # SIGSTOP; stuck, in real life) only delays the others by a few ms.
+    with Gunicorn(tmp_path, workers=2, is_enable_schedule=False) as server:
+        wait_for_workers(server, 2)
+        frozen = server.worker_pids()[0]
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            conns = [Conn(server.port, timeout_s=5) for _ in range(20)]
+            served_by = Counter(c.get() for c in conns)
+            elapsed = time.monotonic() - started
+            for c in conns:
+                c.close()
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        assert len(served_by) == 1 and sum(served_by.values()) == 20
+        assert elapsed < 3, f"20 connections took {elapsed:.1f} s"
+
+
+def test_more_keep_alive_connections_than_threads_are_all_served(tmp_path: Path) -> None:
+    # Threads stay on their connection after answering; a request on another
+    # connection must free one at once, not wait for the 5 s keep-alive.
+    with Gunicorn(tmp_path, workers=1, threads=2, is_enable_schedule=False) as server:
+        conns = [Conn(server.port, timeout_s=3) for _ in range(6)]
+        for _ in range(5):
+            for c in conns:
+                c.get()  # raises socket.timeout if a thread never came
+        for c in conns:
+            c.close()
+
+
+def test_pipelined_requests_on_one_connection_are_all_answered(tmp_path: Path) -> None:
+    with Gunicorn(tmp_path, workers=1, threads=2, is_enable_schedule=False) as server:
+        conn = Conn(server.port)
+        conn.send(REQUEST * 3)
+        answers = [conn.response() for _ in range(3)]
+        assert [status for status, _, _ in answers] == [200, 200, 200]
+        assert conn.get()  # and the connection still serves
+        conn.close()
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(tmp_path: Path) -> None:
+    with Gunicorn(tmp_path, workers=1, threads=2, is_enable_schedule=False) as server:
+        conn = Conn(server.port, timeout_s=10)
+        conn.get()
+        started = time.monotonic()
+        assert conn.closed_by_server()  # blocks until the server closes it
+        idle = time.monotonic() - started
+        assert 4 <= idle <= 8, f"closed after {idle:.1f} s of idleness; keepalive is 5 s"
+        conn.close()
+
+
+def test_stopping_does_not_wait_for_threads_kept_on_idle_connections(tmp_path: Path) -> None:
+    server = Gunicorn(tmp_path, workers=2, threads=4, is_enable_schedule=False).start()
+    conns = open_together(server.port, 8)
+    try:
+        get_on_each(conns)
+        started = time.monotonic()
+        server.stop()
+        stopped_in = time.monotonic() - started
+    finally:
+        for c in conns:
+            c.close()
+        server.stop()
+    # gunicorn gives kept-alive connections 2 s to send a last request.
+    assert stopped_in < 4, f"stopping took {stopped_in:.1f} s"
+
+
+def test_board_gives_each_live_worker_its_own_slot_and_forgets_dead_ones() -> None:
+    board = ConnectionBoard(slots=3)
+    assert board.least() == ConnectionBoard.ABSENT  # nobody accepts yet
+    first = board.claim(set())
+    second = board.claim({first}) if first is not None else None
+    assert (first, second) == (0, 1)
+    board.counts[0], board.counts[1] = 5, 2
+    assert board.least() == 2
+    assert board.claim({0, 1, 2}) is None  # full: that worker runs unbalanced
+    assert board.claim({0}) == 1  # slot 1's worker died: reused, and absent until it runs
+    assert board.least() == 5
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_every_worker_serves_with_the_shipped_worker_class(tmp_path: Path, workers: int) -> None:
+    with Gunicorn(tmp_path, workers=workers, is_enable_schedule=False) as server:
+        assert "Using worker: pighand_token.worker.TokenWorker" in server.log()
+        wait_for_workers(server, workers)
+        conns = open_together(server.port, 6 * workers)
+        served_by = get_on_each(conns)
+        for c in conns:
+            c.close()
+        assert sorted(served_by.values()) == [6] * workers, served_by
