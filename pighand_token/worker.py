@@ -42,7 +42,7 @@ YIELD_S = 0.005
 # The gthread internals this class builds on (gunicorn >= 24): fail at import,
 # not with a quietly unbalanced server, if a release renames them.
 for _name in ("accept", "set_accept_enabled", "wait_for_and_dispatch_events", "enqueue_req", "handle",
-              "handle_exit"):
+              "handle_exit", "handle_quit"):
     if not callable(getattr(ThreadWorker, _name, None)):  # pragma: no cover - depends on the gunicorn release
         raise ImportError(f"gunicorn's ThreadWorker has no {_name}(): this gunicorn release is not supported")
 
@@ -195,6 +195,13 @@ class TokenWorker(ThreadWorker):
     def handle_exit(self, sig: Any, frame: Any) -> None:
         super().handle_exit(sig, frame)
         self._kick(self.cfg.threads)  # stopping: every lingering thread lets go
+
+    def handle_quit(self, sig: Any, frame: Any) -> None:
+        # Quick stop (SIGQUIT, SIGINT): the interpreter joins the pool's threads
+        # on exit, so none may sit out a keep-alive wait first.
+        self.alive = False
+        self._kick(self.cfg.threads)
+        super().handle_quit(sig, frame)
 
     # -- new connections go to the least loaded worker ----------------------------
 

@@ -215,3 +215,20 @@ def test_every_worker_serves_with_the_shipped_worker_class(tmp_path: Path, worke
         for c in conns:
             c.close()
         assert sorted(served_by.values()) == [6] * workers, served_by
+
+
+def test_a_quick_stop_does_not_wait_for_threads_kept_on_idle_connections(tmp_path: Path) -> None:
+    server = Gunicorn(tmp_path, workers=2, threads=4, is_enable_schedule=False).start()
+    conns = open_together(server.port, 8)
+    try:
+        get_on_each(conns)
+        assert server.proc is not None
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGQUIT)
+        server.proc.wait(timeout=15)
+        stopped_in = time.monotonic() - started
+    finally:
+        for c in conns:
+            c.close()
+        server.stop()
+    assert stopped_in < 3, f"a quick stop took {stopped_in:.1f} s"
