@@ -26,7 +26,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import LockError, RedisError
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from ..domain import Cooldown, Token, TokenKey
 from ..errors import Unavailable
@@ -114,7 +114,12 @@ class RedisTokenStore:
         adds a lock and a poll of the socket for stray data, about a quarter of
         the round trip's own cost. A thread only ever has one command in flight,
         so it can keep a connection. It returns to the pool when the thread ends.
+
+        Not with Sentinel: after a failover the pool moves only the connections
+        it holds to the new master, and a kept one would go on reading the old.
         """
+        if isinstance(self._client.connection_pool, SentinelConnectionPool):
+            return self._client
         reader: redis.Redis | None = getattr(self._local, "reader", None)
         if reader is None:
             reader = self._local.reader = redis.Redis(connection_pool=self._client.connection_pool,
