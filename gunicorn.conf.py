@@ -30,9 +30,10 @@ workers = _settings.workers or min(2 * multiprocessing.cpu_count() + 1, 8)
 # that a new connection goes to the worker holding the fewest (see worker.py).
 worker_class = "pighand_token.worker.TokenWorker"
 # A thread stays on a busy keep-alive connection while no other connection
-# waits (worker.py), so threads bound the connections a worker serves at full
-# speed; more CPUs, more callers expected.
-threads = _settings.threads or min(max(8, 4 * multiprocessing.cpu_count()), 32)
+# waits (worker.py), so threads bound the keep-alive connections a worker
+# serves at full speed; one connection more than threads sends every request
+# of one connection round the poller. More CPUs, more callers expected.
+threads = _settings.threads or min(max(16, 8 * multiprocessing.cpu_count()), 64)
 keepalive = 5
 # Longer than the slowest refresh (retries included) so no request is cut.
 timeout = max(30, int(_settings.upstream_timeout * 4 + 10))
