@@ -109,6 +109,20 @@ def wait_for_workers(server: Gunicorn, workers: int, timeout_s: float = 30) -> N
         time.sleep(0.2)
 
 
+def slowest_new_request(server: Gunicorn, *, for_s: float, pause_s: float) -> float:
+    """Requests on fresh connections, one after another for for_s seconds;
+    the longest any took to be answered."""
+    started, worst = time.monotonic(), 0.0
+    while time.monotonic() - started < for_s:
+        probe = Conn(server.port, timeout_s=30)
+        sent = time.monotonic()
+        probe.get()
+        worst = max(worst, time.monotonic() - sent)
+        probe.close()
+        time.sleep(pause_s)
+    return worst
+
+
 def test_connections_opened_together_are_spread_evenly_over_the_workers(tmp_path: Path) -> None:
     # Left to the kernel, whichever worker wakes first takes most of a burst
     # (and keep-alive makes that stick); here every burst splits 8/8 or 9/7.
@@ -231,14 +245,7 @@ def test_idle_connections_timing_out_do_not_hold_up_other_requests(tmp_path: Pat
         idle = [Conn(server.port) for _ in range(4)]
         for c in idle:
             c.get()
-        started, worst = time.monotonic(), 0.0
-        while time.monotonic() - started < 7:  # across the 5 s keep-alive expiry
-            probe = Conn(server.port, timeout_s=10)
-            sent = time.monotonic()
-            probe.get()
-            worst = max(worst, time.monotonic() - sent)
-            probe.close()
-            time.sleep(0.05)
+        worst = slowest_new_request(server, for_s=7, pause_s=0.05)  # across the 5 s keep-alive expiry
         assert all(c.closed_by_server() for c in idle)
         for c in idle:
             c.close()
@@ -269,14 +276,7 @@ def test_a_max_requests_restart_does_not_wait_for_threads_kept_on_idle_connectio
         idle = [Conn(server.port) for _ in range(3)]
         for c in idle:
             c.get()  # the requests that reach max_requests come next, from fresh connections
-        started, worst = time.monotonic(), 0.0
-        while time.monotonic() - started < 12:
-            probe = Conn(server.port, timeout_s=30)
-            sent = time.monotonic()
-            probe.get()
-            worst = max(worst, time.monotonic() - sent)
-            probe.close()
-            time.sleep(0.02)
+        worst = slowest_new_request(server, for_s=12, pause_s=0.02)
         for c in idle:
             c.close()
         assert "Autorestarting worker" in server.log()
