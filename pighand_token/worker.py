@@ -190,9 +190,13 @@ class TokenWorker(ThreadWorker):
         if self.alive:
             return True
         if not self._stop_kicked:  # e.g. max_requests reached in a thread: stop lingering everywhere
-            self._stop_kicked = True
-            self._kick(self.cfg.threads)
+            self._let_go_all()
         return False
+
+    def _let_go_all(self) -> None:
+        """Stopping: every lingering thread hands its connection back now."""
+        self._stop_kicked = True
+        self._kick(self.cfg.threads)
 
     def _next_request(self, conn: Any) -> bool | None:
         """Wait on the connection for its next request: True when it is there,
@@ -242,13 +246,13 @@ class TokenWorker(ThreadWorker):
 
     def handle_exit(self, sig: Any, frame: Any) -> None:
         super().handle_exit(sig, frame)
-        self._kick(self.cfg.threads)  # stopping: every lingering thread lets go
+        self._let_go_all()
 
     def handle_quit(self, sig: Any, frame: Any) -> None:
         # Quick stop (SIGQUIT, SIGINT): the interpreter joins the pool's threads
         # on exit, so none may sit out a keep-alive wait first.
         self.alive = False
-        self._kick(self.cfg.threads)
+        self._let_go_all()
         super().handle_quit(sig, frame)
 
     # -- new connections go to the least loaded worker --------------------------
