@@ -3,7 +3,7 @@
 import sys
 
 from pighand_token.app import create_app
-from pighand_token.errors import SettingsError
+from pighand_token.core.errors import SettingsError
 
 try:
     app = create_app()

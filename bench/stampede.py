@@ -29,7 +29,7 @@ import requests
 
 from bench.throughput import ROOT, Server, base_env, free_port, running
 from pighand_token.adapters.sql import Database, MySQLParams, SqlCredentialRepository
-from pighand_token.domain import Credential
+from pighand_token.core.domain import Credential
 from tests.fakes.wechat import STABLE_PATH, FakeWeChat
 
 APPID = "wx_stampede"

@@ -12,17 +12,18 @@ from flask import Flask, Request, Response, current_app, g, request
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import RequestRedirect
 
-from . import api, cli, http_errors, openapi, ops, status_page
+from . import cli
 from .adapters import prometheus
-from .auth import is_loopback
 from .bootstrap import bootstrap
 from .config import Settings, load_settings
-from .errors import Forbidden
-from .fastpath import FastPath
+from .core.auth import is_loopback
+from .core.errors import Forbidden
+from .core.ports import Clock
+from .core.service import ANSWERED_BY
 from .logs import HideQuerySecrets, JsonFormatter, request_event, request_id
-from .ports import Clock
 from .scheduler import RefreshScheduler
-from .service import ANSWERED_BY
+from .web import api, envelope, openapi, ops, status_page
+from .web.fastpath import FastPath
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -56,7 +57,7 @@ def create_app(settings: Settings | None = None, *, overrides: Mapping[str, Any]
     container = bootstrap(settings, clock=clock)
     app.extensions["pighand"] = container
     app.extensions["pighand_scheduler"] = RefreshScheduler(container)
-    http_errors.register(app)
+    envelope.register(app)
     app.before_request(_request_id)
     app.after_request(_finish_request)
     app.register_blueprint(api.bp)
@@ -100,15 +101,16 @@ def _finish_request(response: Response) -> Response:
     return response
 
 
-def start_scheduler(app: Flask) -> None:
-    """Start the refresh timer in this process, if the settings enable it
-    (gunicorn calls this in each worker after it boots)."""
+def start_background(app: Flask) -> None:
+    """Start what a serving worker runs beside its requests: the refresh
+    timer (if the settings enable it). Called once per served worker process
+    (``pighand-token serve``, gunicorn's post_worker_init), never by a command."""
     container = app.extensions["pighand"]
     if container.settings.is_enable_schedule:
         app.extensions["pighand_scheduler"].start(app)
 
 
-def stop_scheduler(app: Flask) -> None:
+def stop_background(app: Flask) -> None:
     app.extensions["pighand_scheduler"].stop()
 
 

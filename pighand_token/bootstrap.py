@@ -28,14 +28,14 @@ from .adapters.sql import (
     SqlLocks,
     SqlTokenStore,
 )
-from .audit import Audit
-from .auth import ClientRegistry
 from .config import Settings
-from .crypto import Cipher, load_cipher
-from .errors import SettingsError, Unavailable
-from .ports import Clock, Cooldowns, Counters, FallbackStore, Locks, TokenStore
+from .core.audit import Audit
+from .core.auth import ClientRegistry
+from .core.crypto import Cipher, load_cipher
+from .core.errors import SettingsError, Unavailable
+from .core.ports import Clock, Cooldowns, Counters, FallbackStore, Locks, TokenStore
+from .core.service import Policy, TokenService
 from .providers import REGISTRY, ProviderContext
-from .service import Policy, TokenService
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 
 from dynaconf import Dynaconf
 
-from .errors import SettingsError
+from .core.errors import SettingsError
 
 SETTINGS_DIR = Path(__file__).resolve().parent.parent / "settings"
 ENVIRONMENTS = ("development", "testing", "production")
@@ -69,6 +69,8 @@ class Settings:
     encryption_key: str = ""
     refresh_limit_per_minute: int = 10
     fast_path: bool = True
+    http_header_timeout: float = 10.0
+    worker_lifetime: int = 0
 
     @property
     def uses_mysql(self) -> bool:
@@ -163,6 +165,7 @@ RULES: dict[str, _Rule] = {
     "wechat_api_base": _Rule("text"),
     "wechat_token_mode": _Rule("choice", choices=WECHAT_TOKEN_MODES),
     "upstream_timeout": _Rule("number", 0),
+    "http_header_timeout": _Rule("number", 0),
 }
 SECTIONS = ("default", *ENVIRONMENTS)
 _RULES_BY_TYPE = {"str": _Rule("text"), "bool": _Rule("bool"), "int": _Rule("int", 0),
@@ -264,6 +267,12 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
 
 
 def _check_combinations(settings: Settings) -> None:
+    if settings.worker_lifetime and settings.worker_lifetime < 60:
+        raise SettingsError(f"worker_lifetime={settings.worker_lifetime!r} is invalid: allowed values are 0 (workers "
+                            "live until stopped) or a whole number of seconds >= 60")
+    if settings.http_header_timeout > 60:
+        raise SettingsError(f"http_header_timeout={settings.http_header_timeout!r} is invalid: allowed values are "
+                            "numbers of seconds > 0 and <= 60")
     if settings.env == "production" and not settings.encryption_key.strip():
         raise SettingsError("encryption_key='' is invalid: production needs at least one Fernet key "
                             "(make one with python3 -c 'from cryptography.fernet import Fernet; "

@@ -16,8 +16,8 @@ from flask import Flask
 from flask_apscheduler import APScheduler
 
 from .bootstrap import Container
-from .errors import PighandError
-from .service import RefreshReport
+from .core.errors import PighandError
+from .core.service import RefreshReport
 
 log = logging.getLogger(__name__)
 

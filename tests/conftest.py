@@ -1,6 +1,6 @@
 """Shared fixtures: real MariaDB and Redis (started if they are down), a
 fresh database / Redis key prefix per test, fake platforms over HTTP, and
-gunicorn processes."""
+server processes (the shipped one, and gunicorn)."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def make_app(tmp_path: Path, request: pytest.FixtureRequest, wechat: FakeWeChat)
     return make
 
 
-# -- gunicorn ------------------------------------------------------------------
+# -- servers ------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -178,37 +178,49 @@ def clean_env(**settings: Any) -> dict[str, str]:
     return env
 
 
-class Gunicorn:
-    """gunicorn running wsgi:app with our gunicorn.conf.py, in its own process."""
+class Server:
+    """The shipped server, ``pighand-token serve`` (granian), in its own process."""
+
+    name = "serve"
 
     def __init__(self, log_dir: Path, *, workers: int = 2, threads: int = 4, **settings: Any) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"gunicorn-{self.port}.log"
+        self.log_path = log_dir / f"{self.name}-{self.port}.log"
         settings.setdefault("auth_required", False)
         self.env = clean_env(host="127.0.0.1", port=self.port, workers=workers, threads=threads, **settings)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 30) -> Gunicorn:
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "pighand_token", "serve"]
+
+    def start(self, timeout_s: float = 30) -> Server:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=ROOT,
-                                     env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdout=log, stderr=log,
+                                     stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                requests.get(self.base_url + "/", timeout=5)
+                requests.get(self.base_url + "/healthz", timeout=5)
                 return self
             except requests.RequestException:  # not listening yet, or a worker still booting
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"gunicorn did not start within {timeout_s} s:\n{self.log()}")
+        raise RuntimeError(f"{self.name} did not start within {timeout_s} s:\n{self.log()}")
 
     def worker_pids(self) -> list[int]:
+        """The worker processes (not multiprocessing's resource tracker)."""
         assert self.proc is not None
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
-        return [int(p) for p in out.stdout.split()]
+        out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(self.proc.pid)], capture_output=True,
+                             text=True)
+        pids = []
+        for line in out.stdout.splitlines():
+            pid, _, args = line.strip().partition(" ")
+            if "resource_tracker" not in args:
+                pids.append(int(pid))
+        return pids
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -222,7 +234,7 @@ class Gunicorn:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
 
-    def __enter__(self) -> Gunicorn:
+    def __enter__(self) -> Server:
         try:
             return self.start()
         except BaseException:
@@ -233,7 +245,24 @@ class Gunicorn:
         self.stop()
 
 
+class Gunicorn(Server):
+    """gunicorn with its stock gthread worker and our gunicorn.conf.py."""
+
+    name = "gunicorn"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
+
+
+def run_cli(*args: str, env: dict[str, str], input: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``pighand-token ARGS`` in its own process (``python3 -m pighand_token`` is the same command)."""
+    return subprocess.run([sys.executable, "-m", "pighand_token", *args], cwd=ROOT, env=env,
+                          input=input, capture_output=True, text=True, timeout=timeout)
+
+
 def run_flask(*args: str, env: dict[str, str], input: str | None = None,
               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``flask --app wsgi ARGS``: the same commands, the way they were run before ``pighand-token``."""
     return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=env,
                           input=input, capture_output=True, text=True, timeout=timeout)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
-from ..domain import Cooldown, TokenKey
-from ..errors import Unavailable
-from ..ports import Cooldowns, Counters, Locks
+from ..core.domain import Cooldown, TokenKey
+from ..core.errors import Unavailable
+from ..core.ports import Cooldowns, Counters, Locks
 
 
 class FallbackLocks:

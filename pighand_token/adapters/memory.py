@@ -8,9 +8,9 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from ..domain import AuditEntry, Client, Cooldown, Credential, Token, TokenKey
-from ..errors import Conflict
-from ..ports import Clock
+from ..core.domain import AuditEntry, Client, Cooldown, Credential, Token, TokenKey
+from ..core.errors import Conflict
+from ..core.ports import Clock
 
 
 class MemoryTokenStore:

@@ -28,9 +28,9 @@ from redis.exceptions import LockError, RedisError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from ..domain import Cooldown, Token, TokenKey
-from ..errors import Unavailable
-from ..ports import Clock
+from ..core.domain import Cooldown, Token, TokenKey
+from ..core.errors import Unavailable
+from ..core.ports import Clock
 
 T = TypeVar("T")
 

@@ -25,10 +25,10 @@ from typing import Any
 
 import pymysql
 
-from ..crypto import Cipher, is_encrypted
-from ..domain import AuditEntry, Client, Cooldown, Credential, Token, TokenKey
-from ..errors import Conflict, Unavailable
-from ..ports import Clock
+from ..core.crypto import Cipher, is_encrypted
+from ..core.domain import AuditEntry, Client, Cooldown, Credential, Token, TokenKey
+from ..core.errors import Conflict, Unavailable
+from ..core.ports import Clock
 
 log = logging.getLogger(__name__)
 

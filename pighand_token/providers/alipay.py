@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 
 from ..adapters.alipay_grants import AlipayGrants, Grant
-from ..domain import Credential, Token
-from ..errors import BadRequest, NotFound, PighandError, UpstreamError, UpstreamTimeout
-from ..ports import Clock
+from ..core.domain import Credential, Token
+from ..core.errors import BadRequest, NotFound, PighandError, UpstreamError, UpstreamTimeout
+from ..core.ports import Clock
 from .base import HttpProvider, ProviderContext, redact
 
 METHOD = "alipay.open.auth.token.app"
@@ -60,7 +60,7 @@ HINTS = {
                           "or the other way round?)",
     "isv.invalid-timestamp": "the gateway refused the request time; check this server's clock",
     "isv.invalid-refresh-token": "the stored refresh token is no longer accepted; the merchant must authorize "
-                                 "the app again, then run 'flask --app wsgi alipay grant'",
+                                 "the app again, then run 'pighand-token alipay grant'",
     "isv.invalid-app-auth-code": "the app_auth_code is wrong, already used or older than a day; "
                                  "ask the merchant to authorize again for a new one",
 }
@@ -248,7 +248,7 @@ class AlipayProvider(HttpProvider):
     def check_credential(self, appid: str, secret: str) -> None:
         if ":" in appid:
             raise BadRequest("the alipay credential appid is the ISV app_id alone; merchants are added with "
-                             "'flask --app wsgi alipay grant APPID --code APP_AUTH_CODE'")
+                             "'pighand-token alipay grant APPID --code APP_AUTH_CODE'")
         parse_key_bundle(secret)
 
     def token_appids(self, appid: str) -> list[str]:
@@ -266,7 +266,7 @@ class AlipayProvider(HttpProvider):
         except BadRequest as exc:
             # Not the caller's fault: the stored credential is unusable.
             raise PighandError(f"the alipay credential of app {app_id} is unusable: {exc.message}; replace it "
-                               f"with 'flask --app wsgi platform add alipay {app_id} --secret-file - --update'"
+                               f"with 'pighand-token platform add alipay {app_id} --secret-file - --update'"
                                ) from None
         with self._keys_mutex:
             self._keys[digest] = bundle
@@ -278,7 +278,7 @@ class AlipayProvider(HttpProvider):
         grant = self.grants.get(app_id, auth_app_id)
         if grant is None:
             raise NotFound(f"no grant for merchant {auth_app_id} of alipay app {app_id}; once the merchant has "
-                           f"authorized the app, run 'flask --app wsgi alipay grant {app_id} --code APP_AUTH_CODE'")
+                           f"authorized the app, run 'pighand-token alipay grant {app_id} --code APP_AUTH_CODE'")
         now = self.clock()
         stored = Token(value=grant.app_auth_token, expires_at=grant.expires_at, fetched_at=grant.updated_at)
         # The grant table is the truth and the token tiers its cache: a grant
@@ -293,7 +293,7 @@ class AlipayProvider(HttpProvider):
             raise UpstreamError(
                 self.platform,
                 f"the refresh token of merchant {grant.auth_app_id} expired; the merchant must authorize the app "
-                f"again, then run 'flask --app wsgi alipay grant {grant.app_id} --code APP_AUTH_CODE'")
+                f"again, then run 'pighand-token alipay grant {grant.app_id} --code APP_AUTH_CODE'")
         started = self.clock()
         try:
             fields = self._call(credential, {"grant_type": "refresh_token",

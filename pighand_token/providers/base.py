@@ -11,13 +11,13 @@ from urllib.parse import quote, quote_plus
 import requests
 
 from ..config import Settings
-from ..domain import Credential, Token
-from ..errors import UpstreamError, UpstreamTimeout
-from ..ports import Clock, Counters, Locks
+from ..core.domain import Credential, Token
+from ..core.errors import UpstreamError, UpstreamTimeout
+from ..core.ports import Clock, Counters, Locks
 
 if TYPE_CHECKING:
     from ..adapters.sql import Database
-    from ..crypto import Cipher
+    from ..core.crypto import Cipher
 
 
 @dataclass(frozen=True)

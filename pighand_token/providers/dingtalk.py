@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 
-from ..domain import Credential, Token
-from ..errors import BadRequest, UpstreamError
+from ..core.domain import Credential, Token
+from ..core.errors import BadRequest, UpstreamError
 from .base import HttpProvider, ProviderContext, redact
 
 log = logging.getLogger(__name__)

@@ -35,8 +35,8 @@ from typing import Any
 
 import requests
 
-from ..domain import Credential, Token
-from ..errors import UpstreamError
+from ..core.domain import Credential, Token
+from ..core.errors import UpstreamError
 from .base import HttpProvider, ProviderContext, redact
 
 log = logging.getLogger(__name__)

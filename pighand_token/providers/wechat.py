@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 import re
 
-from ..domain import Credential, Token
-from ..errors import RateLimited, Unavailable, UpstreamError
+from ..core.domain import Credential, Token
+from ..core.errors import RateLimited, Unavailable, UpstreamError
 from .base import HttpProvider, ProviderContext, redact
 
 # Asking again soon can help: -1 system busy.

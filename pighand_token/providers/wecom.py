@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import re
 
-from ..domain import Credential, Token
-from ..errors import BadRequest, UpstreamError
+from ..core.domain import Credential, Token
+from ..core.errors import BadRequest, UpstreamError
 from .base import HttpProvider, ProviderContext, redact
 
 log = logging.getLogger(__name__)

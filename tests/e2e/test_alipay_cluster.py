@@ -1,4 +1,4 @@
-"""Alipay grants under gunicorn: four workers, one merchant whose stored
+"""Alipay grants under the shipped server: four workers, one merchant whose stored
 app_auth_token has expired, against the fake gateway over HTTP."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pighand_token.app import create_app
-from pighand_token.domain import Credential
+from pighand_token.core.domain import Credential
 from pighand_token.providers.alipay import AlipayProvider
-from tests.conftest import Gunicorn
-from tests.e2e.test_gunicorn import envelope, storage
+from tests.conftest import Server
+from tests.e2e.test_workers import envelope, storage
 from tests.fakes.alipay import GATEWAY_PATH, FakeAlipay, make_key, private_pem, public_pem
 
 ISV = "2021000000000001"
@@ -66,7 +66,7 @@ def test_cold_stampede_on_an_expired_grant_makes_one_refresh(
     settings = storage(kind, tmp_path, request)
     expired = granted_then_expired(settings, alipay, key_pairs[0])
     alipay.delay(0.2)  # a slow gateway widens the race
-    with Gunicorn(tmp_path, workers=4, alipay_gateway=alipay.gateway_url, is_enable_schedule=False,
+    with Server(tmp_path, workers=4, alipay_gateway=alipay.gateway_url, is_enable_schedule=False,
                   **settings) as server:
         url = f"{server.base_url}/token/alipay/{TOKEN_APPID}"
         with ThreadPoolExecutor(40) as pool:

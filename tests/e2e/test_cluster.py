@@ -1,4 +1,4 @@
-"""One platform call per token across gunicorn instances and workers, and
+"""One platform call per token across server instances and workers, and
 serving through faults: killed workers, a Redis that dies, a failing platform."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import Gunicorn, free_port
-from tests.e2e.test_gunicorn import envelope, seed, storage
+from tests.conftest import Server, free_port
+from tests.e2e.test_workers import envelope, seed, storage
 from tests.fakes.wechat import FakeWeChat
 from tests.integration.test_redis_connections import wait_ping
 
@@ -27,7 +27,7 @@ SECRET = "s3cr3t-wx-1"
 
 
 def start_cluster(stack: ExitStack, tmp_path: Path, instances: int, workers: int, **settings: Any) -> list[str]:
-    servers = [stack.enter_context(Gunicorn(tmp_path, workers=workers, **settings)) for _ in range(instances)]
+    servers = [stack.enter_context(Server(tmp_path, workers=workers, **settings)) for _ in range(instances)]
     return [s.base_url for s in servers]
 
 
@@ -98,9 +98,9 @@ def test_worker_killed_while_holding_the_lock_frees_it_after_the_lease(tmp_path:
     settings = storage("redis+sqlite", tmp_path, request)
     seed(settings, (APP, SECRET))
     # upstream_timeout 2 s: lease = 2 * 2 + 1 + 5 = 10 s.
-    with Gunicorn(tmp_path, workers=1, threads=4, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+    with Server(tmp_path, workers=1, threads=4, wechat_api_base=wechat.base_url, is_enable_schedule=False,
                   upstream_timeout=2, **settings) as holder, \
-            Gunicorn(tmp_path, workers=2, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+            Server(tmp_path, workers=2, wechat_api_base=wechat.base_url, is_enable_schedule=False,
                      upstream_timeout=2, **settings) as other:
         wechat.delay(1.8)  # slow, but inside the 2 s timeout
         with ThreadPoolExecutor(1) as pool:
@@ -137,7 +137,7 @@ def test_redis_killed_mid_run_keeps_serving_and_is_used_again(tmp_path: Path, we
         settings = {"sqlite_path": str(tmp_path / "pighand.sqlite3"), "redis_host": "127.0.0.1",
                     "redis_port": port}
         seed(settings, (APP, SECRET))
-        with Gunicorn(tmp_path, workers=2, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+        with Server(tmp_path, workers=2, wechat_api_base=wechat.base_url, is_enable_schedule=False,
                       local_cache_ttl=1, **settings) as server:
             url = f"{server.base_url}/token/wechat/{APP}"
             first = envelope(requests.get(url, timeout=10))["data"]
@@ -174,7 +174,7 @@ def test_platform_failing_twice_then_recovering_refreshes_once_serving_the_old_t
     wechat.add_app("wx_m", "m-secret", expires_in=8)
     settings = storage("sqlite", tmp_path, request)
     seed(settings, ("wx_m", "m-secret"))
-    with Gunicorn(tmp_path, workers=2, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+    with Server(tmp_path, workers=2, wechat_api_base=wechat.base_url, is_enable_schedule=False,
                   **settings) as server:
         url = f"{server.base_url}/token/wechat/wx_m"
         old = envelope(requests.get(url, timeout=10))["data"]
@@ -196,7 +196,7 @@ def test_rejected_secret_is_called_once_and_cooldown_is_respected(tmp_path: Path
                                                                   request: pytest.FixtureRequest) -> None:
     settings = storage("mysql", tmp_path, request)
     seed(settings, (APP, "wrong-secret"))
-    with Gunicorn(tmp_path, workers=4, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+    with Server(tmp_path, workers=4, wechat_api_base=wechat.base_url, is_enable_schedule=False,
                   failure_cooldown=2, **settings) as server:
         answers = spread([server.base_url], f"/token/wechat/{APP}", 20)
         assert {a.status_code for a in answers} == {502}

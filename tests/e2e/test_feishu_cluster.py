@@ -1,4 +1,4 @@
-"""Feishu and Lark behind gunicorn with four workers, against the fake
+"""Feishu and Lark behind the shipped server with four workers, against the fake
 platform over HTTP: a cold stampede makes one platform call, and the
 scheduler refreshes short-lived tokens once per tick."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import Gunicorn
-from tests.e2e.test_gunicorn import envelope, seed, storage
+from tests.conftest import Server
+from tests.e2e.test_workers import envelope, seed, storage
 from tests.fakes.feishu import APP, APP_PATH, TENANT, TENANT_PATH, FakeFeishu
 
 APP_ID = "cli_a1b2c3d4e5f6a7b8"
@@ -36,7 +36,7 @@ def test_cold_stampede_over_four_workers_makes_one_call(platform: str, kind: str
     lark = platform.startswith("lark")
     settings.update(feishu_api_base=DEAD if lark else fake.base_url, lark_api_base=fake.base_url if lark else DEAD)
     fake.delay(0.2)  # a slow platform widens the race
-    with Gunicorn(tmp_path, workers=4, is_enable_schedule=False, **settings) as server:
+    with Server(tmp_path, workers=4, is_enable_schedule=False, **settings) as server:
         token_url = f"{server.base_url}/token/{platform}/{APP_ID}"
         with ThreadPoolExecutor(40) as pool:
             answers = list(pool.map(lambda _: requests.get(token_url, timeout=30), range(80)))
@@ -58,7 +58,7 @@ def test_scheduler_refreshes_once_per_tick_and_only_valid_tokens_are_served(tmp_
     fake.add_app(short, "short-secret", expires_in=8)
     settings = storage("redis+sqlite", tmp_path, request)
     seed(settings, ("feishu", short, "short-secret"), ("feishu_app", APP_ID, SECRET))
-    with Gunicorn(tmp_path, workers=4, feishu_api_base=fake.base_url, lark_api_base=DEAD,
+    with Server(tmp_path, workers=4, feishu_api_base=fake.base_url, lark_api_base=DEAD,
                   is_enable_schedule=True, corn_interval=2, **settings) as server:
         token_url = f"{server.base_url}/token/feishu/{short}"
         started = time.monotonic()

@@ -1,5 +1,5 @@
 """GET /openapi.json: a valid OpenAPI 3.1 document of every route the app
-serves, and a schemathesis run against a live gunicorn holding the API to it."""
+serves, and a schemathesis run against a live server holding the API to it."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import requests
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from pighand_token.adapters.sql import Database, SqlClients
-from pighand_token.auth import hash_key, new_key
-from pighand_token.domain import Client
-from pighand_token.openapi import build_document
-from tests.conftest import Gunicorn
-from tests.e2e.test_gunicorn import seed, storage
+from pighand_token.core.auth import hash_key, new_key
+from pighand_token.core.domain import Client
+from pighand_token.web.openapi import build_document
+from tests.conftest import Server
+from tests.e2e.test_workers import seed, storage
 from tests.fakes.wechat import FakeWeChat
 
 EXAMPLE_APPID = "wx1234567890abcdef"
@@ -191,7 +191,7 @@ def test_schemathesis_finds_the_live_api_true_to_its_document(tmp_path: Path, we
     seed(settings, ("wx_app_1", "s3cr3t-wx-1"), (EXAMPLE_APPID, "example-secret"))
     key = add_client(settings, "schemathesis", "*")
     reports = tmp_path / "schemathesis"
-    with Gunicorn(tmp_path, workers=2, auth_required=True, wechat_api_base=wechat.base_url,
+    with Server(tmp_path, workers=2, auth_required=True, wechat_api_base=wechat.base_url,
                   is_enable_schedule=False, upstream_timeout=2, **settings) as server:
         token = requests.get(f"{server.base_url}/token/wechat/{EXAMPLE_APPID}",
                              headers={"Authorization": f"Bearer {key}"}, timeout=10)

@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from pighand_token.app import create_app
-from tests.conftest import Gunicorn, app_overrides, clean_env, run_flask
-from tests.e2e.test_gunicorn import seed, storage
+from tests.conftest import Server, app_overrides, clean_env, run_cli
+from tests.e2e.test_workers import seed, storage
 from tests.fakes.wechat import FakeWeChat
 
 APP = "wx_app_1"
@@ -37,8 +37,8 @@ def test_health_metrics_and_logs_under_three_workers(tmp_path: Path, wechat: Fak
     settings = storage("redis+sqlite", tmp_path, request)
     seed(settings, (APP, SECRET))
     env = clean_env(**settings)
-    key = run_flask("client", "add", "billing", "--all-apps", env=env).stdout.strip()
-    with Gunicorn(tmp_path, workers=3, wechat_api_base=wechat.base_url, is_enable_schedule=True,
+    key = run_cli("client", "add", "billing", "--all-apps", env=env).stdout.strip()
+    with Server(tmp_path, workers=3, wechat_api_base=wechat.base_url, is_enable_schedule=True,
                   auth_required=True, log_level="info", **settings) as server:
         base = server.base_url
         assert requests.get(f"{base}/healthz", timeout=10).json() == {"code": 200, "data": "ok", "error": ""}
@@ -95,7 +95,7 @@ def test_readyz_names_the_store_that_fails(tmp_path: Path, wechat: FakeWeChat) -
 def test_metrics_count_platform_errors_by_errcode(make_app: Any, wechat: FakeWeChat) -> None:
     from pighand_token.adapters.prometheus import REGISTRY
     app = make_app()
-    from pighand_token.domain import Credential
+    from pighand_token.core.domain import Credential
     app.extensions["pighand"].credentials.add(Credential("wechat", APP, "wrong-secret"))
     before = REGISTRY.get_sample_value("pighand_platform_calls_total",
                                        {"platform": "wechat", "outcome": "error", "errcode": "40125"}) or 0

@@ -1,4 +1,4 @@
-"""The status page as a person sees it: gunicorn serving /, loaded in headless
+"""The status page as a person sees it: the shipped server serving /, loaded in headless
 Chromium (Debian's ``chromium`` package), with a screenshot kept under the
 test's tmp dir and in tests/artifacts/status_page.png."""
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, Gunicorn
-from tests.e2e.test_gunicorn import seed, storage
+from tests.conftest import ROOT, Server
+from tests.e2e.test_workers import seed, storage
 from tests.fakes.wechat import FakeWeChat
 
 CHROMIUM_TIMEOUT_S = 20
@@ -91,7 +91,7 @@ def test_status_page_in_headless_chromium(tmp_path: Path, wechat: FakeWeChat,
     browser = chromium()  # installed first when missing, outside the timed part below
     settings = storage("sqlite", tmp_path, request)
     seed(settings, *SECRETS.items())
-    with Gunicorn(tmp_path, workers=2, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+    with Server(tmp_path, workers=2, wechat_api_base=wechat.base_url, is_enable_schedule=False,
                   corn_interval=300, **settings) as server:
         # A 20 s token is inside its margin (half its life) from 10 s to 20 s.
         short = requests.get(f"{server.base_url}/token/wechat/wx_short_life", timeout=10)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import Gunicorn
-from tests.e2e.test_gunicorn import envelope, seed, storage
+from tests.conftest import Server
+from tests.e2e.test_workers import envelope, seed, storage
 from tests.fakes.dingtalk import TOKEN_PATH as DING_TOKEN
 from tests.fakes.dingtalk import FakeDingTalk
 from tests.fakes.wecom import TOKEN_PATH as GETTOKEN
@@ -54,7 +54,7 @@ def test_cold_stampede_over_four_workers_makes_one_call_per_platform(
     # Slow platforms widen the race between the workers.
     wecom.delay(0.2)
     dingtalk.delay(0.2)
-    with Gunicorn(tmp_path, workers=4, wecom_api_base=wecom.base_url, dingtalk_api_base=dingtalk.base_url,
+    with Server(tmp_path, workers=4, wecom_api_base=wecom.base_url, dingtalk_api_base=dingtalk.base_url,
                   is_enable_schedule=False, **settings) as server:
         paths = [f"/token/wecom/{WECOM_APP}", f"/token/dingtalk/{DING_KEY}"] * 80
         with ThreadPoolExecutor(48) as pool:
@@ -76,7 +76,7 @@ def test_scheduler_refreshes_once_per_tick_and_every_served_token_is_valid(
     dingtalk.add_app(DING_KEY, DING_SECRET, expires_in=8)
     settings = storage("redis+sqlite", tmp_path, request)
     seed(settings, ("wecom", WECOM_APP, WECOM_SECRET), ("dingtalk", DING_KEY, DING_SECRET))
-    with Gunicorn(tmp_path, workers=4, wecom_api_base=wecom.base_url, dingtalk_api_base=dingtalk.base_url,
+    with Server(tmp_path, workers=4, wecom_api_base=wecom.base_url, dingtalk_api_base=dingtalk.base_url,
                   is_enable_schedule=True, corn_interval=2, **settings) as server:
         # Phase 1: no requests, so every platform call is the scheduler's.
         time.sleep(7)

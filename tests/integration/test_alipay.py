@@ -24,10 +24,10 @@ from flask import Flask
 from pighand_token.adapters.alipay_grants import AlipayGrants, Grant
 from pighand_token.adapters.sql import Database, MySQLParams
 from pighand_token.app import create_app
-from pighand_token.domain import Credential, TokenKey
-from pighand_token.errors import BadRequest
+from pighand_token.core.domain import Credential, TokenKey
+from pighand_token.core.errors import BadRequest
 from pighand_token.providers.alipay import AlipayProvider, top_level_spans
-from tests.conftest import MYSQL, STORAGE_KINDS, clean_env, run_flask, storage_overrides
+from tests.conftest import MYSQL, STORAGE_KINDS, clean_env, run_cli, storage_overrides
 from tests.fakes.alipay import GATEWAY_PATH, FakeAlipay, make_key, private_pem, public_pem, signed_params
 
 ISV = "2021000000000001"
@@ -98,7 +98,7 @@ class Service:
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """A flask command in its own process, on the same stores."""
-        return run_flask(*args, env=clean_env(**self.settings), input=input)
+        return run_cli(*args, env=clean_env(**self.settings), input=input)
 
     def get(self, appid: str = TOKEN_APPID) -> Any:
         return self.app.test_client().get(f"/token/alipay/{appid}")

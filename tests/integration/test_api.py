@@ -27,7 +27,7 @@ def serving_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 
 
 def seed(app: Any, appid: str = APP, secret: str = SECRET) -> None:
-    from pighand_token.domain import Credential
+    from pighand_token.core.domain import Credential
     app.extensions["pighand"].credentials.add(Credential("wechat", appid, secret))
 
 
@@ -312,8 +312,8 @@ def test_unexpected_error_is_500_without_trace(make_app: Any, wechat: FakeWeChat
 # -- stores failing ------------------------------------------------------------
 def test_sql_down_serves_from_redis_and_refuses_credential_writes(make_app: Any, wechat: FakeWeChat,
                                                                    redis_prefix: str) -> None:
-    from pighand_token.domain import Credential
-    from pighand_token.errors import Unavailable
+    from pighand_token.core.domain import Credential
+    from pighand_token.core.errors import Unavailable
     healthy = make_app("redis+mysql")
     seed(healthy)
     token = body(healthy.test_client().get(f"/token/wechat/{APP}"))["data"]

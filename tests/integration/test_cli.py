@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -17,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from pighand_token.crypto import Cipher
-from tests.conftest import MYSQL, ROOT, clean_env, mysql_rows, run_flask
+from pighand_token.core.crypto import Cipher
+from tests.conftest import MYSQL, ROOT, clean_env, mysql_rows, run_cli, run_flask
 from tests.fakes.wechat import FakeWeChat
 
 APP = "wx_app_1"
@@ -28,7 +29,7 @@ STABLE = "/cgi-bin/stable_token"
 
 @dataclass
 class Cli:
-    """Runs flask commands on one store and reads that store directly."""
+    """Runs pighand-token commands on one store and reads that store directly."""
 
     kind: str
     env: dict[str, str]
@@ -36,7 +37,7 @@ class Cli:
     database: str
 
     def __call__(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        return run_flask(*args, env=self.env, input=input)
+        return run_cli(*args, env=self.env, input=input)
 
     def ok(self, *args: str, input: str | None = None) -> str:
         result = self(*args, input=input)
@@ -157,6 +158,27 @@ def test_platform_add_stores_the_secret_and_list_never_shows_it(cli: Cli) -> Non
     no_secret(listed, SECRET, "other-secret-22")
 
 
+def test_flask_app_wsgi_carries_the_same_commands(cli: Cli) -> None:
+    added = run_flask("platform", "add", "wechat", APP, "--secret", SECRET, env=cli.env)
+    assert added.returncode == 0 and f"added wechat {APP}" in added.stdout, added.stderr
+    listed = cli.ok("platform", "list")
+    assert "1 credential(s)" in listed
+    flask_listed = run_flask("platform", "list", env=cli.env)
+    assert flask_listed.returncode == 0 and flask_listed.stdout == listed
+    no_secret(flask_listed, SECRET)
+
+
+def test_console_script_is_the_same_command(cli: Cli) -> None:
+    script = shutil.which("pighand-token")
+    assert script is not None, "pip install -e . installs the pighand-token command"
+    result = subprocess.run([script, "platform", "list"], cwd=ROOT, env=cli.env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and "0 credential(s)" in result.stdout, result.stderr
+    helped = subprocess.run([script, "--help"], cwd=ROOT, env=cli.env, capture_output=True, text=True, timeout=60)
+    for command in ("serve", "db", "platform", "token", "scheduler", "client", "secrets", "audit", "alipay"):
+        assert f"  {command} " in helped.stdout
+
+
 def test_platform_add_without_secret_prompts_and_reads_it_from_stdin(cli: Cli) -> None:
     typed = "typed-on-stdin-9f8e"
     result = cli("platform", "add", "wechat", APP, input=typed + "\n")
@@ -167,10 +189,10 @@ def test_platform_add_without_secret_prompts_and_reads_it_from_stdin(cli: Cli) -
 
 
 def run_in_terminal(args: Sequence[str], env: dict[str, str], typed: str) -> tuple[int, str]:
-    """Run a flask command on a pseudo-terminal, type `typed` once it asks for
+    """Run a command on a pseudo-terminal, type `typed` once it asks for
     a secret, and return its exit code and everything the terminal showed."""
     master, slave = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pighand_token", *args], cwd=ROOT, env=env,
                             stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
     os.close(slave)
     shown = b""

@@ -1,4 +1,4 @@
-"""pighand_token.client against the real app under gunicorn (auth on), which
+"""pighand_token.client against the real app under the shipped server (auth on), which
 fetches from the fake platforms over HTTP."""
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from pighand_token.client import (
     UnexpectedAnswer,
     token_rejected,
 )
-from pighand_token.domain import Credential
-from tests.conftest import Gunicorn, free_port
+from pighand_token.core.domain import Credential
+from tests.conftest import Server, free_port
 from tests.fakes.dingtalk import API_PATH as DING_API
 from tests.fakes.dingtalk import TOKEN_HEADER, FakeDingTalk
 from tests.fakes.feishu import TENANT_PATH, USERS_PATH, FakeFeishu
@@ -99,7 +99,7 @@ def dingtalk() -> Iterator[FakeDingTalk]:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory, wechat: FakeWeChat, feishu: FakeFeishu, wecom: FakeWeCom,
         dingtalk: FakeDingTalk) -> Iterator[Hub]:
-    """One gunicorn for the module: auth on, one refresh per client, app and minute."""
+    """One server for the module: auth on, one refresh per client, app and minute."""
     tmp: Path = tmp_path_factory.mktemp("client")
     app = secured_app(wechat, tmp)
     credentials = app.extensions["pighand"].credentials
@@ -111,7 +111,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory, wechat: FakeWeChat, feishu: Fa
     credentials.add(Credential("dingtalk", DING_KEY, DING_SECRET))
     key = add_client(app, "everything", "*")
     narrow_key = add_client(app, "narrow", f"wechat:{APP}")
-    server = Gunicorn(tmp, auth_required=True, sqlite_path=str(tmp / "p.sqlite3"), is_enable_schedule=False,
+    server = Server(tmp, auth_required=True, sqlite_path=str(tmp / "p.sqlite3"), is_enable_schedule=False,
                       wechat_api_base=wechat.base_url, feishu_api_base=feishu.base_url,
                       wecom_api_base=wecom.base_url, dingtalk_api_base=dingtalk.base_url,
                       upstream_timeout=2, refresh_limit_per_minute=1)

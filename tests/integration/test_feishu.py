@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from pighand_token.app import create_app
-from pighand_token.domain import Credential, TokenKey
+from pighand_token.core.domain import Credential, TokenKey
 from tests.conftest import STORAGE_KINDS, app_overrides, storage_overrides
 from tests.fakes.feishu import APP, APP_PATH, TENANT, TENANT_PATH, USERS_PATH, FakeFeishu
 

@@ -33,8 +33,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 from werkzeug.test import EnvironBuilder, TestResponse
 
-from pighand_token.auth import hash_key, new_key
-from pighand_token.domain import Client, Credential
+from pighand_token.core.auth import hash_key, new_key
+from pighand_token.core.domain import Client, Credential
 from tests.fakes.wechat import FakeWeChat
 
 APP = "wx_app_1"

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from pighand_token.app import create_app
-from pighand_token.domain import Credential
+from pighand_token.core.domain import Credential
 from tests.conftest import app_overrides, free_port
 from tests.fakes.wechat import FakeWeChat
 

@@ -15,9 +15,9 @@ import requests
 from cryptography.fernet import Fernet
 
 from pighand_token.app import create_app
-from pighand_token.auth import hash_key, new_key
-from pighand_token.domain import Client, Credential
-from tests.conftest import Gunicorn, app_overrides, clean_env, run_flask
+from pighand_token.core.auth import hash_key, new_key
+from pighand_token.core.domain import Client, Credential
+from tests.conftest import Server, app_overrides, clean_env, run_cli
 from tests.fakes.wechat import STABLE_PATH, FakeWeChat
 
 APP = "wx_app_1"
@@ -80,40 +80,40 @@ def test_platform_wide_and_all_apps_scopes(wechat: FakeWeChat, tmp_path: Path, s
         assert client.get(f"/token/wechat/{APP}", headers={"X-Api-Key": key}).status_code == 200
 
 
-def test_key_lifecycle_under_gunicorn(tmp_path: Path, wechat: FakeWeChat) -> None:
+def test_key_lifecycle_under_the_shipped_server(tmp_path: Path, wechat: FakeWeChat) -> None:
     settings = {"sqlite_path": str(tmp_path / "p.sqlite3"), "wechat_api_base": wechat.base_url,
                 "is_enable_schedule": False}
     env = clean_env(**settings)
-    assert run_flask("platform", "add", "wechat", APP, "--secret", SECRET, env=env).returncode == 0
-    added = run_flask("client", "add", "billing", "--app", f"wechat:{APP}", env=env)
+    assert run_cli("platform", "add", "wechat", APP, "--secret", SECRET, env=env).returncode == 0
+    added = run_cli("client", "add", "billing", "--app", f"wechat:{APP}", env=env)
     assert added.returncode == 0, added.stderr
     key = added.stdout.strip()
     assert re.fullmatch(r"pht_[A-Za-z0-9_-]{40,}", key)  # the key, on a line by itself
-    listing = run_flask("client", "list", env=env)
+    listing = run_cli("client", "list", env=env)
     assert "billing" in listing.stdout and f"wechat:{APP}" in listing.stdout and key not in listing.stdout
-    with Gunicorn(tmp_path, workers=3, auth_required=True, **settings) as server:
+    with Server(tmp_path, workers=3, auth_required=True, **settings) as server:
         url = f"{server.base_url}/token/wechat/{APP}"
         assert requests.get(url, timeout=10).status_code == 401
         assert all(requests.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200
                    for _ in range(6))
-        last_used = run_flask("client", "list", env=env).stdout
+        last_used = run_cli("client", "list", env=env).stdout
         assert re.search(r"billing\s+\S+\s+\S+ \S+\s+\d{4}-\d\d-\d\d", last_used), last_used
-        assert run_flask("client", "revoke", "billing", env=env).returncode == 0
+        assert run_cli("client", "revoke", "billing", env=env).returncode == 0
         time.sleep(2.5)  # every worker reloads its view of the clients table within 2 s
         assert {requests.get(url, headers={"X-Api-Key": key}, timeout=10).status_code for _ in range(9)} == {401}
         log = server.log()
     assert key not in log and SECRET not in log
-    audit = run_flask("audit", "tail", "-n", "10", env=env).stdout
+    audit = run_cli("audit", "tail", "-n", "10", env=env).stdout
     assert "client.add" in audit and "client.revoke" in audit and "credential.add" in audit
 
 
 def test_client_add_refuses_no_scope_and_unknown_platforms(wechat: FakeWeChat, tmp_path: Path) -> None:
     env = clean_env(sqlite_path=str(tmp_path / "p.sqlite3"))
-    assert run_flask("client", "add", "x", env=env).returncode != 0
-    bad = run_flask("client", "add", "x", "--app", "myspace:1", env=env)
+    assert run_cli("client", "add", "x", env=env).returncode != 0
+    bad = run_cli("client", "add", "x", "--app", "myspace:1", env=env)
     assert bad.returncode != 0 and "wechat" in bad.stderr
-    assert run_flask("client", "add", "x", "--all-apps", env=env).returncode == 0
-    assert run_flask("client", "add", "x", "--all-apps", env=env).returncode != 0  # duplicate
+    assert run_cli("client", "add", "x", "--all-apps", env=env).returncode == 0
+    assert run_cli("client", "add", "x", "--all-apps", env=env).returncode != 0  # duplicate
 
 
 # -- encryption at rest ----------------------------------------------------------------
@@ -132,20 +132,20 @@ def test_rotation_with_two_keys(wechat: FakeWeChat, tmp_path: Path) -> None:
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     settings = {"sqlite_path": str(tmp_path / "p.sqlite3"), "wechat_api_base": wechat.base_url,
                 "is_enable_schedule": False}
-    assert run_flask("platform", "add", "wechat", APP, "--secret", SECRET,
+    assert run_cli("platform", "add", "wechat", APP, "--secret", SECRET,
                      env=clean_env(encryption_key=old, **settings)).returncode == 0
     # New key first, old one still there to decrypt: works before rotating.
     both = clean_env(encryption_key=f"{new},{old}", **settings)
-    assert run_flask("token", "get", "wechat", APP, env=both).returncode == 0
-    rotated = run_flask("secrets", "rotate", env=both)
+    assert run_cli("token", "get", "wechat", APP, env=both).returncode == 0
+    rotated = run_cli("secrets", "rotate", env=both)
     assert rotated.returncode == 0 and "platform: 1" in rotated.stdout and "token: 1" in rotated.stdout
     only_new = clean_env(encryption_key=new, **settings)
-    assert run_flask("token", "get", "wechat", APP, env=only_new).returncode == 0
-    only_old = run_flask("platform", "list", env=clean_env(encryption_key=old, **settings))
+    assert run_cli("token", "get", "wechat", APP, env=only_new).returncode == 0
+    only_old = run_cli("platform", "list", env=clean_env(encryption_key=old, **settings))
     assert only_old.returncode == 0  # listing needs no secret
-    refused = run_flask("token", "refresh", "wechat", APP, env=clean_env(encryption_key=old, **settings))
+    refused = run_cli("token", "refresh", "wechat", APP, env=clean_env(encryption_key=old, **settings))
     assert refused.returncode != 0 and "cannot be decrypted" in refused.stderr and SECRET not in refused.stderr
-    assert "secrets.rotate" in run_flask("audit", "tail", env=only_new).stdout
+    assert "secrets.rotate" in run_cli("audit", "tail", env=only_new).stdout
 
 
 def test_plaintext_rows_from_the_original_are_read_and_converted(wechat: FakeWeChat, tmp_path: Path) -> None:
@@ -157,26 +157,32 @@ def test_plaintext_rows_from_the_original_are_read_and_converted(wechat: FakeWeC
     wechat.add_app("wx_node", "node-plain-secret")
     assert app.test_client().get("/token/wechat/wx_node").status_code == 200
     env = clean_env(sqlite_path=str(path), wechat_api_base=wechat.base_url)
-    converted = run_flask("secrets", "encrypt", env=env)
+    converted = run_cli("secrets", "encrypt", env=env)
     assert converted.returncode == 0 and "platform: 1" in converted.stdout  # only the plaintext row
     secrets_stored = [r[0] for r in db.execute("SELECT secret FROM platform")]
     assert all(s.startswith("fernet:") for s in secrets_stored) and len(secrets_stored) == 2
-    assert run_flask("token", "refresh", "wechat", "wx_node", env=env).returncode == 0
+    assert run_cli("token", "refresh", "wechat", "wx_node", env=env).returncode == 0
 
 
-def test_production_refuses_to_start_without_a_key(tmp_path: Path) -> None:
+SERVERS = {"serve": ["python3", "-m", "pighand_token", "serve"],
+           "gunicorn": ["python3", "-m", "gunicorn", "-c", "gunicorn.conf.py"]}
+
+
+@pytest.mark.parametrize("server", sorted(SERVERS))
+def test_production_refuses_to_start_without_a_key(tmp_path: Path, server: str) -> None:
     env = clean_env(sqlite_path=str(tmp_path / "p.sqlite3"), port=3999)
     env["PIGHAND_ENV"] = "production"
-    proc = subprocess.run(["python3", "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=Path(__file__).parents[2],
+    proc = subprocess.run(SERVERS[server], cwd=Path(__file__).parents[2],
                           env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0
     assert [line for line in proc.stderr.splitlines() if line.strip()] == [
         line for line in proc.stderr.splitlines() if "encryption_key" in line]
 
 
-def test_auth_off_refuses_a_public_bind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("server", sorted(SERVERS))
+def test_auth_off_refuses_a_public_bind(tmp_path: Path, server: str) -> None:
     env = clean_env(sqlite_path=str(tmp_path / "p.sqlite3"), host="0.0.0.0", port=3999, auth_required=False)
-    proc = subprocess.run(["python3", "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=Path(__file__).parents[2],
+    proc = subprocess.run(SERVERS[server], cwd=Path(__file__).parents[2],
                           env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "loopback" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 

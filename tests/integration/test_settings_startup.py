@@ -1,4 +1,4 @@
-"""A bad setting stops gunicorn and every flask command at start-up with one
+"""A bad setting stops the server (pighand-token serve, gunicorn) and every command at start-up with one
 line naming it; good settings reach both entry points."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, clean_env, free_port, run_flask
+from tests.conftest import ROOT, clean_env, free_port, run_cli
 
 BAD_SETTINGS = [
     ("save_model", "bogus", "auto, all"),
@@ -27,12 +27,18 @@ def assert_one_line_naming(stderr: str, name: str, value: str, allowed: str) -> 
     assert "Traceback" not in stderr
 
 
+SERVERS = {"serve": [sys.executable, "-m", "pighand_token", "serve"],
+           "gunicorn": [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]}
+
+
+@pytest.mark.parametrize("server", sorted(SERVERS))
 @pytest.mark.parametrize(("name", "value", "allowed"), BAD_SETTINGS, ids=[n for n, _, _ in BAD_SETTINGS])
-def test_gunicorn_refuses_to_start_on_a_bad_setting(tmp_path: Path, name: str, value: str, allowed: str) -> None:
+def test_the_server_refuses_to_start_on_a_bad_setting(tmp_path: Path, name: str, value: str, allowed: str,
+                                                      server: str) -> None:
     env = clean_env(sqlite_path=tmp_path / "pighand.sqlite3", port=free_port(), workers=1)
     env[f"PIGHAND_{name.upper()}"] = value
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=ROOT, env=env,
+    result = subprocess.run(SERVERS[server], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
     assert time.monotonic() - started < 10
     assert result.returncode != 0
@@ -45,7 +51,7 @@ def test_flask_commands_refuse_to_start_on_a_bad_setting(tmp_path: Path, name: s
     database = tmp_path / "pighand.sqlite3"
     env = clean_env(sqlite_path=database)
     env[f"PIGHAND_{name.upper()}"] = value
-    result = run_flask("platform", "list", env=env)
+    result = run_cli("platform", "list", env=env)
     assert result.returncode != 0
     assert_one_line_naming(result.stderr, name, value, allowed)
     assert result.stdout == ""
@@ -55,7 +61,7 @@ def test_flask_commands_refuse_to_start_on_a_bad_setting(tmp_path: Path, name: s
 def test_an_unknown_pighand_env_stops_flask_with_one_line(tmp_path: Path) -> None:
     env = clean_env(sqlite_path=tmp_path / "pighand.sqlite3")
     env["PIGHAND_ENV"] = "staging"
-    result = run_flask("db", "init", env=env)
+    result = run_cli("db", "init", env=env)
     assert result.returncode != 0
     assert_one_line_naming(result.stderr, "PIGHAND_ENV", "'staging'", "development, testing, production")
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from pighand_token.app import create_app
-from pighand_token.domain import Credential
-from pighand_token.status_page import expires_in_text, human_duration, table_lines
-from tests.conftest import app_overrides, clean_env, run_flask
+from pighand_token.core.domain import Credential
+from pighand_token.web.status_page import expires_in_text, human_duration, table_lines
+from tests.conftest import app_overrides, clean_env, run_cli
 from tests.fakes.wechat import FakeWeChat
 from tests.integration.test_security import add_client
 
@@ -141,7 +141,7 @@ def test_page_with_no_credentials_says_so(wechat: FakeWeChat, tmp_path: Path) ->
     assert answer.status_code == 200 and answer.headers["Cache-Control"] == "no-store"
     text = visible_text(answer.get_data(as_text=True))
     assert "0 tokens" in text and "No credentials configured" in text
-    assert "flask --app wsgi platform add <platform> <appid>" in text
+    assert "pighand-token platform add <platform> <appid>" in text
 
 
 def test_hostile_platform_error_text_is_escaped(wechat: FakeWeChat, tmp_path: Path) -> None:
@@ -260,20 +260,20 @@ def test_token_status_command_prints_the_table(wechat: FakeWeChat, tmp_path: Pat
     wechat.add_app(IP, IP_SECRET, whitelist_error_ip=EGRESS_IP)
     env = clean_env(sqlite_path=tmp_path / "cli.sqlite3", wechat_api_base=wechat.base_url,
                     is_enable_schedule=False, upstream_timeout=2)
-    empty = run_flask("token", "status", env=env)
+    empty = run_cli("token", "status", env=env)
     assert empty.returncode == 0, empty.stderr
     assert "no credentials configured" in empty.stdout
 
     for appid, secret in ((OK, OK_SECRET), (BAD, "wrong-secret"), (IP, IP_SECRET), ("wx_missing", "s3cr3t-m")):
-        added = run_flask("platform", "add", "wechat", appid, "--secret", secret, env=env)
+        added = run_cli("platform", "add", "wechat", appid, "--secret", secret, env=env)
         assert added.returncode == 0, added.stderr
-    got = run_flask("token", "get", "wechat", OK, env=env)
+    got = run_cli("token", "get", "wechat", OK, env=env)
     assert got.returncode == 0, got.stderr
     token = got.stdout.strip()
     for appid in (BAD, IP):
-        assert run_flask("token", "get", "wechat", appid, env=env).returncode != 0
+        assert run_cli("token", "get", "wechat", appid, env=env).returncode != 0
 
-    result = run_flask("token", "status", env=env)
+    result = run_cli("token", "status", env=env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     lines = out.splitlines()

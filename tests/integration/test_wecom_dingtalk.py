@@ -14,9 +14,9 @@ import pytest
 import requests
 
 from pighand_token.app import create_app
-from pighand_token.domain import Credential
-from pighand_token.errors import BadRequest
-from tests.conftest import app_overrides, clean_env, run_flask, storage_overrides
+from pighand_token.core.domain import Credential
+from pighand_token.core.errors import BadRequest
+from tests.conftest import app_overrides, clean_env, run_cli, storage_overrides
 from tests.fakes.dingtalk import API_PATH as DING_API
 from tests.fakes.dingtalk import TOKEN_HEADER, FakeDingTalk
 from tests.fakes.dingtalk import TOKEN_PATH as DING_TOKEN
@@ -311,16 +311,16 @@ def test_wecom_malformed_appid_is_400_and_calls_nothing(make: Any, wecom: FakeWe
 
 def test_platform_add_checks_wecom_and_dingtalk_credentials(tmp_path: Path) -> None:
     env = clean_env(sqlite_path=str(tmp_path / "cli.sqlite3"))
-    refused = run_flask("platform", "add", "wecom", "ww0123456789abcdef", "--secret", "x", env=env)
+    refused = run_cli("platform", "add", "wecom", "ww0123456789abcdef", "--secret", "x", env=env)
     assert refused.returncode != 0 and "<corpid>:<agentid>" in refused.stderr
-    spaced = run_flask("platform", "add", "wecom", WECOM_APP, "--secret", "two words", env=env)
+    spaced = run_cli("platform", "add", "wecom", WECOM_APP, "--secret", "two words", env=env)
     assert spaced.returncode != 0 and "without spaces" in spaced.stderr
-    colon = run_flask("platform", "add", "dingtalk", "ding:1", "--secret", "x", env=env)
+    colon = run_cli("platform", "add", "dingtalk", "ding:1", "--secret", "x", env=env)
     assert colon.returncode != 0 and "appKey" in colon.stderr
     for platform, appid, secret in (("wecom", WECOM_APP, WECOM_SECRET), ("dingtalk", DING_KEY, DING_SECRET)):
-        added = run_flask("platform", "add", platform, appid, "--secret", secret, env=env)
+        added = run_cli("platform", "add", platform, appid, "--secret", secret, env=env)
         assert added.returncode == 0, added.stderr
-    listed = run_flask("platform", "list", env=env)
+    listed = run_cli("platform", "list", env=env)
     assert WECOM_APP in listed.stdout and DING_KEY in listed.stdout and WECOM_SECRET not in listed.stdout
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pighand_token.config import Settings, load_settings
-from pighand_token.errors import SettingsError
+from pighand_token.core.errors import SettingsError
 
 
 @pytest.fixture(autouse=True)
@@ -211,6 +211,8 @@ def other_value(name: str, default: Any) -> tuple[str, Any]:
     """A valid value different from the default, as env text and as loaded."""
     if name in CHOICES:
         return CHOICES[name], CHOICES[name]
+    if name == "worker_lifetime":  # 0 (off) or at least a minute
+        return "3600", 3600
     if isinstance(default, bool):
         return str(not default).lower(), not default
     if isinstance(default, int):
@@ -320,3 +322,12 @@ def test_redis_connection_settings_are_checked(overrides: dict[str, str], named:
     with pytest.raises(SettingsError) as info:
         load_settings(overrides=overrides, environ={})
     assert str(info.value).startswith(f"{named}=") and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "text"), [("worker_lifetime", "30"), ("http_header_timeout", "0"),
+                                            ("http_header_timeout", "61")])
+def test_server_limits_out_of_range_stop_with_the_setting_named(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                                 text: str) -> None:
+    monkeypatch.setenv(f"PIGHAND_{name.upper()}", text)
+    with pytest.raises(SettingsError, match=f"^{name}="):
+        load_settings()

@@ -14,9 +14,9 @@ from pighand_token.adapters.memory import (
     MemoryLocks,
     MemoryTokenStore,
 )
-from pighand_token.domain import Credential, Token, TokenKey
-from pighand_token.errors import BadRequest, Unavailable, UnknownApp, UnknownPlatform, UpstreamError
-from pighand_token.service import Policy, TokenService
+from pighand_token.core.domain import Credential, Token, TokenKey
+from pighand_token.core.errors import BadRequest, Unavailable, UnknownApp, UnknownPlatform, UpstreamError
+from pighand_token.core.service import Policy, TokenService
 
 KEY = TokenKey("wechat", "wx1")
 
@@ -490,7 +490,7 @@ def test_put_with_a_stale_token_repairs_a_tier_still_holding_it(clock: Clock, pr
 
 def test_one_unreadable_credential_does_not_stop_the_others(clock: Clock, provider: FakeProvider,
                                                              shared: SharedStore, memory: MemoryTokenStore) -> None:
-    from pighand_token.crypto import DecryptError
+    from pighand_token.core.crypto import DecryptError
 
     class Repo(MemoryCredentialRepository):
         def get(self, platform: str, appid: str) -> Credential | None:

@@ -1,4 +1,4 @@
-"""gunicorn with several workers against the fake WeChat over HTTP."""
+"""The shipped server with several workers against the fake WeChat over HTTP."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from pighand_token.adapters.sql import Database, MySQLParams, SqlCredentialRepository
-from pighand_token.domain import Credential
-from tests.conftest import MYSQL, REDIS, Gunicorn
+from pighand_token.core.domain import Credential
+from tests.conftest import MYSQL, REDIS, Server
 from tests.fakes.wechat import FakeWeChat
 
 STABLE = "/cgi-bin/stable_token"
@@ -54,7 +54,7 @@ def test_concurrent_cold_gets_over_four_workers_make_one_call(kind: str, tmp_pat
     settings = storage(kind, tmp_path, request)
     seed(settings, ("wx_app_1", "s3cr3t-wx-1"))
     wechat.delay(0.2)  # a slow platform widens the race
-    with Gunicorn(tmp_path, workers=4, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+    with Server(tmp_path, workers=4, wechat_api_base=wechat.base_url, is_enable_schedule=False,
                   **settings) as server:
         with ThreadPoolExecutor(40) as pool:
             answers = list(pool.map(lambda _: requests.get(f"{server.base_url}/token/wechat/wx_app_1", timeout=30),
@@ -68,7 +68,7 @@ def test_put_on_one_worker_is_served_by_all_with_redis(tmp_path: Path, wechat: F
                                                        request: pytest.FixtureRequest) -> None:
     settings = storage("redis+sqlite", tmp_path, request)
     seed(settings, ("wx_app_1", "s3cr3t-wx-1"))
-    with Gunicorn(tmp_path, workers=3, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+    with Server(tmp_path, workers=3, wechat_api_base=wechat.base_url, is_enable_schedule=False,
                   **settings) as server:
         url = f"{server.base_url}/token/wechat/wx_app_1"
         old = envelope(requests.get(url, timeout=10))["data"]
@@ -83,7 +83,7 @@ def test_scheduler_warms_tokens_once_across_four_workers(tmp_path: Path, wechat:
     wechat.add_app("wx_app_2", "s3cr3t-wx-2")
     settings = storage("sqlite", tmp_path, request)
     seed(settings, ("wx_app_1", "s3cr3t-wx-1"), ("wx_app_2", "s3cr3t-wx-2"))
-    with Gunicorn(tmp_path, workers=4, wechat_api_base=wechat.base_url, is_enable_schedule=True,
+    with Server(tmp_path, workers=4, wechat_api_base=wechat.base_url, is_enable_schedule=True,
                   corn_interval=300, **settings) as server:
         deadline = time.monotonic() + 15
         while wechat.count(STABLE) < 2 and time.monotonic() < deadline:
@@ -104,7 +104,7 @@ def test_scheduler_refreshes_before_expiry_once_per_tick(tmp_path: Path, wechat:
     wechat.add_app("wx_short", "short-secret", expires_in=8)
     settings = storage("redis+sqlite", tmp_path, request)
     seed(settings, ("wx_short", "short-secret"))
-    with Gunicorn(tmp_path, workers=4, wechat_api_base=wechat.base_url, is_enable_schedule=True,
+    with Server(tmp_path, workers=4, wechat_api_base=wechat.base_url, is_enable_schedule=True,
                   corn_interval=2, **settings) as server:
         url = f"{server.base_url}/token/wechat/wx_short"
         started = time.monotonic()
@@ -124,7 +124,7 @@ def test_scheduler_refreshes_before_expiry_once_per_tick(tmp_path: Path, wechat:
 
 def test_quick_start_defaults_create_tables_on_first_start(tmp_path: Path, wechat: FakeWeChat) -> None:
     sqlite_path = tmp_path / "fresh" / "pighand.sqlite3"
-    with Gunicorn(tmp_path, workers=2, sqlite_path=str(sqlite_path), wechat_api_base=wechat.base_url) as server:
+    with Server(tmp_path, workers=2, sqlite_path=str(sqlite_path), wechat_api_base=wechat.base_url) as server:
         answer = requests.get(f"{server.base_url}/token/wechat/wx_app_1", timeout=10)
         assert answer.status_code == 404 and "platform add" in envelope(answer)["error"]
         assert sqlite_path.exists()
@@ -140,7 +140,7 @@ def test_put_on_one_worker_reaches_the_others_within_local_cache_ttl(tmp_path: P
     # the old token keeps working for 5 minutes meanwhile).
     settings = storage("sqlite", tmp_path, request)
     seed(settings, ("wx_app_1", "s3cr3t-wx-1"))
-    with Gunicorn(tmp_path, workers=3, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+    with Server(tmp_path, workers=3, wechat_api_base=wechat.base_url, is_enable_schedule=False,
                   wechat_token_mode="classic", local_cache_ttl=1, **settings) as server:
         url = f"{server.base_url}/token/wechat/wx_app_1"
         with ThreadPoolExecutor(12) as pool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from .domain import APPID_PATTERN
+from ..core.domain import APPID_PATTERN
 
 bp = Blueprint("openapi", __name__)
 

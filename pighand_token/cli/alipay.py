@@ -1,4 +1,4 @@
-"""Commands: ``flask --app wsgi alipay grant|grants|revoke ...``.
+"""Commands: ``pighand-token alipay grant|grants|revoke ...``.
 
 An Alipay token appid is ``<app_id>:<auth_app_id>``: the ISV app (a
 ``platform add alipay`` credential) acting for one merchant that authorized
@@ -13,10 +13,10 @@ import time
 import click
 from flask.cli import AppGroup
 
-from .cli_common import container as _container
-from .cli_common import friendly as _friendly
-from .domain import valid_appid
-from .providers.alipay import AlipayProvider
+from ..core.domain import valid_appid
+from ..providers.alipay import AlipayProvider
+from .common import container as _container
+from .common import friendly as _friendly
 
 alipay_cli = AppGroup("alipay", help="Alipay merchant grants (the app_auth_token of each authorizing merchant).")
 
@@ -57,7 +57,7 @@ def alipay_grant(appid: str, code: str) -> None:
     if credential is None:
         raise click.ClickException(
             f"no alipay credential for appid {appid!r}; add it first: cat app_private_key.pem "
-            f"alipay_public_key.pem | flask --app wsgi platform add alipay {appid} --secret-file -")
+            f"alipay_public_key.pem | pighand-token platform add alipay {appid} --secret-file -")
     grant = provider.authorize(credential, code)
     # Whatever token the tiers hold for this merchant belongs to the grant
     # that was just replaced.

@@ -1,32 +1,24 @@
-"""Commands: ``flask --app wsgi db|platform|token ...``."""
+"""``pighand-token platform``: platform credentials."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
-from flask import Flask
 from flask.cli import AppGroup
 
-from .cli_alipay import alipay_cli
-from .cli_common import container as _container
-from .cli_common import friendly as _friendly
-from .cli_common import operator
-from .cli_security import audit_cli, client_cli, secrets_cli
-from .domain import Credential, valid_appid
-from .errors import PighandError
+from ..core.domain import Credential, valid_appid
+from ..core.errors import PighandError
+from .common import container as _container
+from .common import friendly as _friendly
+from .common import operator
 
-db_cli = AppGroup("db", help="The SQL store.")
 platform_cli = AppGroup("platform", help="Platform credentials (platform, appid, secret).")
-token_cli = AppGroup("token", help="Tokens.")
-scheduler_cli = AppGroup("scheduler", help="The refresh scheduler.")
-
 
 
 def _check(platform: str, appid: str) -> None:
@@ -46,18 +38,6 @@ def _credential_problem(platform: str, appid: str, secret: str) -> str | None:
     return None
 
 
-# -- db ----------------------------------------------------------------------
-@db_cli.command("init")
-@_friendly
-def db_init() -> None:
-    """Create the tables (idempotent; also upgrades an original `platform` table)."""
-    db = _container().db
-    changed = db.init_schema()
-    extra = f" (added {', '.join(changed)})" if changed else ""
-    click.echo(f"database ready: {db.description}{extra}")
-
-
-# -- platform ----------------------------------------------------------------
 @platform_cli.command("add")
 @click.argument("platform")
 @click.argument("appid")
@@ -235,65 +215,3 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
         click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
 
 
-# -- token -------------------------------------------------------------------
-def _show(token: Any) -> None:
-    left = token.expires_at - time.time()
-    click.echo(token.value)
-    click.echo(f"expires in {left:.0f} s", err=True)
-
-
-@token_cli.command("get")
-@click.argument("platform")
-@click.argument("appid")
-@_friendly
-def token_get(platform: str, appid: str) -> None:
-    """Print the token (from storage, or fetched if none is valid)."""
-    _show(_container().service.get(platform, appid))
-
-
-@token_cli.command("refresh")
-@click.argument("platform")
-@click.argument("appid")
-@_friendly
-def token_refresh(platform: str, appid: str) -> None:
-    """Fetch a new token from the platform and store it."""
-    container = _container()
-    try:
-        token = container.service.refresh(platform, appid)
-    except PighandError as exc:
-        container.audit.record("token.refresh", f"failed {exc.status}: {exc.message}", client=operator(),
-                               platform=platform, appid=appid)
-        raise
-    container.audit.record("token.refresh", "ok", client=operator(), platform=platform, appid=appid)
-    _show(token)
-
-
-@token_cli.command("status")
-@_friendly
-def token_status() -> None:
-    """Every token's state, expiry, last refresh and last platform error (never the tokens)."""
-    from .status_page import echo_status
-
-    echo_status(_container().service.status())
-
-
-@scheduler_cli.command("tick")
-@_friendly
-def scheduler_tick() -> None:
-    """Refresh every due token once, now (what one scheduler tick does)."""
-    report = _container().service.refresh_due()
-    for key in report.refreshed:
-        click.echo(f"refreshed {key}")
-    for key, exc in report.failed.items():
-        click.echo(f"failed {key}: {exc.message}")
-    click.echo(f"{len(report.refreshed)} refreshed, {len(report.fresh)} fresh, {len(report.failed)} failed")
-    if report.failed:
-        raise SystemExit(1)
-
-
-def register(app: Flask) -> None:
-    for extra in (client_cli, secrets_cli, audit_cli):
-        app.cli.add_command(extra)
-    app.cli.add_command(alipay_cli)
-    for group in (db_cli, platform_cli, token_cli, scheduler_cli):
-        app.cli.add_command(group)

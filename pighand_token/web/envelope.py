@@ -9,7 +9,7 @@ import logging
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from .errors import PighandError
+from ..core.errors import PighandError
 
 log = logging.getLogger(__name__)
 

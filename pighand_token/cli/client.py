@@ -1,4 +1,4 @@
-"""Commands for callers and secrets: ``client``, ``secrets``, ``audit``."""
+"""``pighand-token client``: API clients and their keys."""
 
 from __future__ import annotations
 
@@ -7,24 +7,13 @@ import time
 import click
 from flask.cli import AppGroup
 
-from .adapters.sql import reencrypt
-from .auth import NAME_PATTERN, hash_key, new_key
-from .cli_common import container as _container
-from .cli_common import operator
-from .domain import Client, valid_appid
-from .errors import PighandError
+from ..core.auth import NAME_PATTERN, hash_key, new_key
+from ..core.domain import Client, valid_appid
+from ..core.errors import PighandError
+from .common import container as _container
+from .common import fail, operator, when
 
 client_cli = AppGroup("client", help="API clients and their keys.")
-secrets_cli = AppGroup("secrets", help="Encryption of stored secrets.")
-audit_cli = AppGroup("audit", help="The audit trail.")
-
-
-def _when(at: float | None) -> str:
-    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
-
-
-def _fail(exc: PighandError) -> click.ClickException:
-    return click.ClickException(exc.message)
 
 
 @client_cli.command("add")
@@ -53,7 +42,7 @@ def client_add(name: str, apps: tuple[str, ...], all_apps: bool) -> None:
     try:
         container.clients.repo.add(Client(name, hash_key(key), tuple(dict.fromkeys(scopes)), time.time()))
     except PighandError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     container.clients.invalidate()
     container.audit.record("client.add", f"ok: scopes {' '.join(scopes)}", client=operator())
     click.echo(f"client {name} created; its key (shown only now):", err=True)
@@ -66,9 +55,9 @@ def client_list() -> None:
     try:
         clients = _container().clients.repo.list()
     except PighandError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     rows = [("NAME", "SCOPES", "CREATED", "LAST USED")]
-    rows += [(c.name, " ".join(c.scopes), _when(c.created_at), _when(c.last_used_at)) for c in clients]
+    rows += [(c.name, " ".join(c.scopes), when(c.created_at), when(c.last_used_at)) for c in clients]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
@@ -82,7 +71,7 @@ def client_revoke(name: str) -> None:
     try:
         removed = container.clients.repo.remove(name)
     except PighandError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if not removed:
         raise click.ClickException(f"no client named {name!r}")
     container.clients.invalidate()
@@ -90,39 +79,3 @@ def client_revoke(name: str) -> None:
     click.echo(f"revoked {name}")
 
 
-def _reencrypt(action: str, only_plaintext: bool) -> None:
-    container = _container()
-    try:
-        changed = reencrypt(container.db, container.cipher, only_plaintext=only_plaintext)
-    except PighandError as exc:
-        container.audit.record(action, f"failed: {exc.message}", client=operator())
-        raise _fail(exc) from None
-    summary = ", ".join(f"{table}: {count}" for table, count in sorted(changed.items())) or "nothing to do"
-    container.audit.record(action, f"ok: {summary}", client=operator())
-    click.echo(f"{sum(changed.values())} value(s) re-encrypted with the first key ({summary})")
-
-
-@secrets_cli.command("rotate")
-def secrets_rotate() -> None:
-    """Re-encrypt every stored secret with the first encryption_key."""
-    _reencrypt("secrets.rotate", only_plaintext=False)
-
-
-@secrets_cli.command("encrypt")
-def secrets_encrypt() -> None:
-    """Encrypt plaintext secrets (rows written by the original service)."""
-    _reencrypt("secrets.encrypt", only_plaintext=True)
-
-
-@audit_cli.command("tail")
-@click.option("-n", "count", type=click.IntRange(1, 10_000), default=20, show_default=True)
-def audit_tail(count: int) -> None:
-    """The latest audit entries, oldest first."""
-    try:
-        entries = _container().audit.tail(count)
-    except PighandError as exc:
-        raise _fail(exc) from None
-    for e in entries:
-        app = f"{e.platform}/{e.appid}" if e.platform else "-"
-        click.echo(f"{_when(e.at)}  {e.action:<16} {app:<32} client={e.client or '-'} "
-                   f"request={e.request_id or '-'} from={e.remote_addr or '-'}  {e.outcome}")

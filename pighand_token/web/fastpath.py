@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .adapters import prometheus
-from .auth import api_key_from, is_loopback
-from .domain import TokenKey, valid_appid
-from .logs import request_event, request_id
+from ..adapters import prometheus
+from ..core.auth import api_key_from, is_loopback
+from ..core.domain import TokenKey, valid_appid
+from ..logs import request_event, request_id
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 
-from .auth import api_key_from
-from .errors import BadRequest, PighandError
-from .http_errors import envelope
-from .service import TokenService
+from ..core.auth import api_key_from
+from ..core.errors import BadRequest, PighandError
+from ..core.service import TokenService
+from .envelope import envelope
 
 bp = Blueprint("token", __name__)
 

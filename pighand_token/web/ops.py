@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app
 
-from .adapters import prometheus
-from .errors import PighandError
-from .http_errors import envelope
+from ..adapters import prometheus
+from ..core.errors import PighandError
+from .envelope import envelope
 
 bp = Blueprint("ops", __name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 import click
 from flask import current_app
 
-from .errors import PighandError
+from ..core.errors import PighandError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,3 +37,12 @@ def operator() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
         return "cli"
+
+
+def fail(exc: PighandError) -> click.ClickException:
+    return click.ClickException(exc.message)
+
+
+def when(at: float | None) -> str:
+    """An epoch time for a listing, in UTC."""
+    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))

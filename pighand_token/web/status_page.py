@@ -1,4 +1,4 @@
-"""The status page at ``/`` and the table behind ``flask --app wsgi token status``.
+"""The status page at ``/`` and the table behind ``pighand-token token status``.
 
 Both show what ``TokenService.status()`` reports for each token: state, time
 left, last refresh, the last platform error and the IP a platform refused.
@@ -19,14 +19,14 @@ import click
 from flask import Blueprint, Response, current_app, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from ..core.domain import Client
+from ..core.errors import PighandError
+from ..core.service import TokenService, TokenStatus
 from .api import api_key
-from .domain import Client
-from .errors import PighandError
-from .service import TokenService, TokenStatus
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("status_page", __name__)
+bp = Blueprint("status_page", __name__, template_folder="templates")
 
 TEMPLATE = "status.html"
 
@@ -149,7 +149,7 @@ def _one_line(text: str) -> str:
 def echo_status(rows: Sequence[TokenStatus]) -> None:
     """Print the table; colours only on a terminal (click strips them otherwise)."""
     if not rows:
-        click.echo("no credentials configured: add one with 'flask --app wsgi platform add <platform> <appid>'")
+        click.echo("no credentials configured: add one with 'pighand-token platform add <platform> <appid>'")
         return
     for line in table_lines(rows, colour=True):
         click.echo(line)

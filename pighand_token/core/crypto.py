@@ -2,7 +2,7 @@
 
 ``encryption_key`` holds one or more keys separated by commas: the first
 encrypts, all decrypt (MultiFernet), so a key is rotated by putting a new one
-first, running ``flask --app wsgi secrets rotate``, then dropping the old.
+first, running ``pighand-token secrets rotate``, then dropping the old.
 
 Encrypted values are stored as ``fernet:<token>``. A value without the prefix
 is a plaintext row written by the original Node service: it is read as it is
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from .config import Settings
+from ..config import Settings
 from .errors import PighandError, SettingsError
 
 log = logging.getLogger(__name__)

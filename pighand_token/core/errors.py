@@ -68,7 +68,7 @@ class UnknownApp(NotFound):
     def __init__(self, platform: str, appid: str) -> None:
         super().__init__(
             f"no credential for {platform} appid {appid!r}; add it with "
-            f"'flask --app wsgi platform add {platform} {appid}'"
+            f"'pighand-token platform add {platform} {appid}'"
         )
 
 

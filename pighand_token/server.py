@@ -1,0 +1,164 @@
+"""``pighand-token serve``: granian running the app, configured from the settings.
+
+granian's HTTP/1 handling is Rust: connections, keep-alive, header parsing
+and the header-read timeout cost no Python thread, so a slow or idle caller
+ties up nothing a request needs. Each worker process builds its own app,
+starts its refresh timer and its cache listener, and answers requests on a
+pool of Python threads (a slow platform call blocks one thread, not the
+worker).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings
+from .core.auth import is_loopback
+from .core.errors import SettingsError
+
+# Chosen by measurement on 2 cores (bench/README.md): one worker per core
+# keeps every core busy with the Rust I/O threads beside it; more threads
+# than this per worker only add GIL hand-offs under load, and a slow
+# platform call holds one of them for at most the upstream budget.
+DEFAULT_THREADS = 16
+MAX_DEFAULT_WORKERS = 8
+# Stop: in-flight requests get this long to finish after SIGTERM/SIGINT,
+# then the workers are killed (the whole stop stays within 10 s).
+STOP_TIMEOUT_S = 8
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str
+    port: int
+    workers: int
+    threads: int
+    header_timeout_ms: int
+    worker_lifetime_s: int | None
+
+
+def options(settings: Settings) -> ServeOptions:
+    """What granian is run with; raises SettingsError for a bind that would
+    hand out tokens to anyone."""
+    check_bind(settings)
+    return ServeOptions(
+        host=settings.host.strip("[]"), port=settings.port,
+        workers=settings.workers or default_workers(),
+        threads=settings.threads or DEFAULT_THREADS,
+        header_timeout_ms=int(settings.http_header_timeout * 1000),
+        worker_lifetime_s=settings.worker_lifetime or None,
+    )
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
+
+
+def check_bind(settings: Settings) -> None:
+    if not settings.auth_required and not is_loopback(settings.host.strip("[]")):
+        # Without keys anyone who reaches the port gets every token.
+        raise SettingsError(
+            f"host={settings.host!r} is invalid: with auth_required=false the server binds to loopback only "
+            "(127.0.0.1, ::1); set auth_required=true to serve other hosts")
+
+
+def metrics_dir() -> tuple[str, bool]:
+    """The folder every worker writes its metric samples to (prometheus-client's
+    multiprocess mode), emptied of a previous run's samples; True if it was
+    made here (and is removed at exit)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return tempfile.mkdtemp(prefix="pighand-metrics-"), True
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.remove(os.path.join(path, name))
+    return path, False
+
+
+def serve(settings: Settings) -> None:
+    """Run granian until SIGTERM/SIGINT; returns when it has stopped."""
+    from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
+    from granian.server import Server
+
+    opts = options(settings)
+    path, own = metrics_dir()
+    # Set before any worker imports prometheus_client (it picks its
+    # multiprocess value class at import).
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    # Workers start as fresh interpreters, not forks: nothing this process
+    # imported or opened (settings files, a half-built client) leaks into
+    # them, and each imports prometheus_client with the folder already set.
+    multiprocessing.set_start_method("spawn", force=True)
+    server = Server(
+        "pighand_token.server:worker_app",
+        factory=True,
+        interface=Interfaces.WSGI,
+        address=opts.host,
+        port=opts.port,
+        workers=opts.workers,
+        blocking_threads=opts.threads,
+        # Requests a worker takes on at once: its threads, plus as many
+        # waiting for one; the rest wait in the kernel's accept queue.
+        backpressure=opts.threads * 2,
+        http1_settings=HTTP1Settings(keep_alive=True, header_read_timeout=opts.header_timeout_ms),
+        websockets=False,
+        respawn_failed_workers=True,
+        respawn_interval=1.0,
+        workers_lifetime=opts.worker_lifetime_s,
+        workers_kill_timeout=STOP_TIMEOUT_S,
+        log_enabled=True,
+        log_level=_granian_level(settings.log_level),
+        log_dictconfig=_granian_logging(),
+        log_access=False,  # ours is the JSON access line (logs.py)
+    )
+    try:
+        server.serve()
+    finally:
+        if own:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def worker_app() -> Any:
+    """Run by granian in each worker process: the app, its scheduler and its
+    cache listener."""
+    from .app import create_app, start_background
+
+    try:
+        app = create_app()
+    except SettingsError as exc:
+        print(f"pighand-token: bad setting: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    start_background(app)
+    # granian copies os.environ into every request's WSGI environ: keep the
+    # settings (keys, passwords) out of it now that they have been read.
+    for name in [n for n in os.environ if n.startswith("PIGHAND_")]:
+        del os.environ[name]
+    return app
+
+
+def _granian_level(level: str) -> Any:
+    from granian.log import LogLevels
+
+    # granian's own lines (start, stop, respawn) at info even when ours are
+    # at debug: its debug output is per connection.
+    return LogLevels(level if level != "debug" else "info")
+
+
+def _granian_logging() -> dict[str, Any]:
+    """granian's own log lines as our JSON lines, on stderr."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "pighand_token.logs.JsonFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "loggers": {"_granian": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+                    "granian.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
+    }
