@@ -15,6 +15,7 @@ import requests
 
 from .adapters import redis as redis_adapters
 from .adapters.fallback import FallbackCooldowns, FallbackCounters, FallbackLocks
+from .adapters.grants import SqlGrantStore
 from .adapters.memory import MemoryTokenStore
 from .adapters.prometheus import PrometheusMetrics
 from .adapters.sql import (
@@ -124,8 +125,9 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
 
     http = requests.Session()
     http.headers["User-Agent"] = "pighand-token"
-    context = ProviderContext(settings=settings, session=http, clock=clock, db=db, cipher=cipher, locks=locks,
-                              counters=counters)
+    # Secrets at rest: the grants are sealed like the credentials.
+    context = ProviderContext(settings=settings, session=http, clock=clock, grants=SqlGrantStore(db, cipher),
+                              locks=locks, counters=counters)
     providers = {platform: build(context) for platform, build in REGISTRY.items()}
     service = TokenService(
         credentials=credentials, stores=stores, fallback=fallback, locks=locks, providers=providers,

@@ -130,3 +130,27 @@ class AuditEntry:
     appid: str | None = None
     request_id: str | None = None
     remote_addr: str | None = None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A merchant's authorization of an ISV app (Alipay): the merchant's token
+    and the refresh token that replaces it, kept durably in SQL."""
+
+    app_id: str
+    auth_app_id: str
+    app_auth_token: str = field(repr=False)
+    app_refresh_token: str = field(repr=False)
+    expires_at: float
+    # None: the gateway did not say; the refresh token is then tried when needed.
+    refresh_expires_at: float | None
+    user_id: str | None
+    # When this pair was obtained; orders tokens like Token.fetched_at.
+    updated_at: float
+    # The refresh token as the row holds it (ciphertext with a cipher), for
+    # the compare-and-set; empty for a grant not read from the table.
+    stored_refresh: str = field(default="", repr=False, compare=False)
+
+    @property
+    def token_appid(self) -> str:
+        return f"{self.app_id}:{self.auth_app_id}"

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from .domain import AuditEntry, Client, Cooldown, Credential, Token, TokenKey
+from .domain import AuditEntry, Client, Cooldown, Credential, Grant, Token, TokenKey
 
 Clock = Callable[[], float]
 
@@ -110,6 +110,25 @@ class TicketProvider(Provider, Protocol):
     invalid_token_codes: frozenset[int | str]
 
     def fetch_ticket(self, access_token: str, ticket_type: str) -> Token: ...
+
+
+class GrantStore(Protocol):
+    """Durable grants: what a platform hands over once for an account that
+    authorized an app (Alipay merchants' refresh tokens). Lives in SQL, never
+    only in a cache: losing a row means the account must authorize again."""
+
+    def get(self, app_id: str, auth_app_id: str) -> Grant | None: ...
+
+    def list(self, app_id: str) -> builtins.list[Grant]: ...
+
+    def save(self, grant: Grant) -> None:
+        """Insert or replace (a new authorization supersedes the stored pair)."""
+
+    def rotate(self, current: Grant, new: Grant) -> bool:
+        """Install ``new`` only if the store still holds ``current``'s refresh
+        token; False when another writer got there first."""
+
+    def remove(self, app_id: str, auth_app_id: str) -> bool: ...
 
 
 class Counters(Protocol):

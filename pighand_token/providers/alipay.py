@@ -33,10 +33,9 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 
-from ..adapters.alipay_grants import AlipayGrants, Grant
-from ..core.domain import Credential, Token
+from ..core.domain import Credential, Grant, Token
 from ..core.errors import BadRequest, NotFound, PighandError, UpstreamError, UpstreamTimeout
-from ..core.ports import Clock
+from ..core.ports import Clock, GrantStore
 from .base import HttpProvider, ProviderContext, redact
 
 METHOD = "alipay.open.auth.token.app"
@@ -219,7 +218,7 @@ def split_token_appid(appid: str) -> tuple[str, str]:
 class AlipayProvider(HttpProvider):
     platform = "alipay"
 
-    def __init__(self, *, grants: AlipayGrants, margin_s: float, session: requests.Session, base_url: str,
+    def __init__(self, *, grants: GrantStore, margin_s: float, session: requests.Session, base_url: str,
                  timeout_s: float, clock: Clock) -> None:
         super().__init__(session=session, base_url=base_url, timeout_s=timeout_s, clock=clock, platform="alipay")
         self.grants = grants
@@ -229,9 +228,9 @@ class AlipayProvider(HttpProvider):
 
     @classmethod
     def build(cls, ctx: ProviderContext) -> HttpProvider:
-        # Secrets at rest: the merchants' tokens are sealed like the credentials.
-        grants = AlipayGrants(ctx.db, ctx.cipher)
-        return cls(grants=grants, margin_s=ctx.settings.corn_interval, session=ctx.session,
+        if ctx.grants is None:
+            raise ValueError("the alipay provider needs a grant store")
+        return cls(grants=ctx.grants, margin_s=ctx.settings.corn_interval, session=ctx.session,
                    base_url=ctx.settings.alipay_gateway, timeout_s=ctx.settings.upstream_timeout, clock=ctx.clock)
 
     # -- appids and credentials ---------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 import requests
@@ -13,11 +13,7 @@ import requests
 from ..config import Settings
 from ..core.domain import Credential, Token
 from ..core.errors import UpstreamError, UpstreamTimeout
-from ..core.ports import Clock, Counters, Locks
-
-if TYPE_CHECKING:
-    from ..adapters.sql import Database
-    from ..core.crypto import Cipher
+from ..core.ports import Clock, Counters, GrantStore, Locks
 
 
 @dataclass(frozen=True)
@@ -27,9 +23,9 @@ class ProviderContext:
     settings: Settings
     session: requests.Session
     clock: Clock
-    # For providers that keep platform state of their own (Alipay grants).
-    db: Database
-    cipher: Cipher | None = None
+    # Durable state a platform hands over once per authorizing account
+    # (Alipay merchant grants).
+    grants: GrantStore | None = None
     # Shared across workers: for platform-side limits (WeChat force_refresh).
     locks: Locks | None = None
     counters: Counters | None = None

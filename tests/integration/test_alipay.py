@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from flask import Flask
 
-from pighand_token.adapters.alipay_grants import AlipayGrants, Grant
+from pighand_token.adapters.grants import SqlGrantStore
 from pighand_token.adapters.sql import Database, MySQLParams
 from pighand_token.app import create_app
-from pighand_token.core.domain import Credential, TokenKey
+from pighand_token.core.domain import Credential, Grant, TokenKey
 from pighand_token.core.errors import BadRequest
 from pighand_token.providers.alipay import AlipayProvider, top_level_spans
 from tests.conftest import MYSQL, STORAGE_KINDS, clean_env, run_cli, storage_overrides
@@ -331,7 +331,7 @@ def test_a_grant_stored_during_a_refresh_wins(make: Any, keys: Keys, alipay: Fak
 
     def meanwhile(req: Any) -> None:
         if "refresh_token" in req.form().get("biz_content", ""):
-            AlipayGrants(Database(sqlite_path=service.settings["sqlite_path"])).save(newer)
+            SqlGrantStore(Database(sqlite_path=service.settings["sqlite_path"])).save(newer)
             if gateway_refuses:
                 alipay.retire(ISV, MERCHANT)
             alipay.on_request = None
@@ -448,7 +448,7 @@ def test_rotation_is_compare_and_set_on_the_refresh_token(dialect: str, tmp_path
     else:
         db = Database(sqlite_path=str(tmp_path / "grants.sqlite3"))
     # Sealed like secrets at rest: the same value encrypts differently each time.
-    grants = AlipayGrants(db, NonceBox())
+    grants = SqlGrantStore(db, NonceBox())
 
     def pair(n: int) -> Grant:
         return Grant(ISV, MERCHANT, f"token-{n}", f"refresh-{n}", 1000.0 + n, None, "2088", float(n))

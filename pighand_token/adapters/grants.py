@@ -1,5 +1,6 @@
-"""Alipay merchant grants: one row per (ISV app_id, authorizing auth_app_id)
-holding the merchant's app_auth_token and the refresh token that replaces it.
+"""The grant store in SQL. Alipay merchant grants: one row per (ISV app_id,
+authorizing auth_app_id) holding the merchant's app_auth_token and the
+refresh token that replaces it.
 
 The grant row, not the token tiers, is the truth about a merchant's token:
 the token tiers only cache it. Rotation is one compare-and-set UPDATE on the
@@ -16,9 +17,9 @@ since encrypting the same refresh token twice gives different text.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..core.domain import Grant
 from .sql import ENCRYPTED_COLUMNS, Database
 
 
@@ -64,28 +65,9 @@ _COLUMNS = ("app_id, auth_app_id, app_auth_token, app_refresh_token, expires_at,
             "user_id, updated_at")
 
 
-@dataclass(frozen=True)
-class Grant:
-    app_id: str
-    auth_app_id: str
-    app_auth_token: str = field(repr=False)
-    app_refresh_token: str = field(repr=False)
-    expires_at: float
-    # None: the gateway did not say; the refresh token is then tried when needed.
-    refresh_expires_at: float | None
-    user_id: str | None
-    # When this pair was obtained; orders tokens like Token.fetched_at.
-    updated_at: float
-    # The refresh token as the row holds it (ciphertext with a cipher), for
-    # the compare-and-set; empty for a grant not read from the table.
-    stored_refresh: str = field(default="", repr=False, compare=False)
+class SqlGrantStore:
+    """The grant store (``core.ports.GrantStore``) in the SQL database."""
 
-    @property
-    def token_appid(self) -> str:
-        return f"{self.app_id}:{self.auth_app_id}"
-
-
-class AlipayGrants:
     def __init__(self, db: Database, cipher: SecretBox | None = None) -> None:
         self._db = db
         self._cipher = cipher
