@@ -20,7 +20,7 @@ from .core.auth import is_loopback
 from .core.errors import Forbidden
 from .core.ports import Clock
 from .core.service import ANSWERED_BY
-from .logs import HideQuerySecrets, JsonFormatter, request_event, request_id
+from .logs import ACCESS, HideQuerySecrets, JsonFormatter, request_event, request_id
 from .scheduler import RefreshScheduler
 from .web import api, envelope, openapi, ops, status_page
 from .web.fastpath import FastPath
@@ -72,7 +72,6 @@ def create_app(settings: Settings | None = None, *, overrides: Mapping[str, Any]
 
 
 
-_ACCESS = logging.getLogger("pighand_token.access")
 
 
 def _request_id() -> None:
@@ -92,12 +91,12 @@ def _finish_request(response: Response) -> Response:
     response.headers["X-Request-Id"] = rid
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
     prometheus.http_request(route, request.method, response.status_code)
-    if _ACCESS.isEnabledFor(logging.INFO):
+    if ACCESS.enabled():
         args = request.view_args or {}
-        _ACCESS.info("request", extra={"event": request_event(
+        ACCESS.write(request_event(
             request_id=rid, client=g.get("client"), method=request.method, route=route,
             platform=args.get("platform"), appid=args.get("appid"), tier=ANSWERED_BY.get(),
-            status=response.status_code, started=g.get("started"))})
+            status=response.status_code, started=g.get("started")))
     return response
 
 

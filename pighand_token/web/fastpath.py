@@ -13,7 +13,6 @@ an error) goes through Flask unchanged, so behaviour is identical.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,12 +20,11 @@ from typing import Any
 from ..adapters import prometheus
 from ..core.auth import api_key_from, is_loopback
 from ..core.domain import TokenKey, valid_appid
-from ..logs import request_event, request_id
+from ..logs import ACCESS, request_event, request_id
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 ROUTE = "/token/<platform>/<appid>"
-_ACCESS = logging.getLogger("pighand_token.access")
 _BODY_CACHE_SIZE = 1024
 
 
@@ -68,10 +66,10 @@ class FastPath:
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                                   ("X-Request-Id", rid)])
         prometheus.http_request(ROUTE, "GET", 200)
-        if _ACCESS.isEnabledFor(logging.INFO):
-            _ACCESS.info("request", extra={"event": request_event(
+        if ACCESS.enabled():
+            ACCESS.write(request_event(
                 request_id=rid, client=client_name, method="GET", route=ROUTE, platform=platform, appid=appid,
-                tier=self.service.last_tier(), status=200, started=started)})
+                tier=self.service.last_tier(), status=200, started=started))
         return [body]
 
     def _body(self, value: str) -> bytes:
