@@ -153,11 +153,116 @@ def app_overrides(wechat: FakeWeChat, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def make_app(tmp_path: Path, request: pytest.FixtureRequest, wechat: FakeWeChat) -> Any:
-    """make_app(kind="sqlite", **settings) -> a Flask app on that storage."""
+    """make_app(kind="sqlite", **settings) -> a Flask app on that storage.
+
+    Where the test runs with ``serving_path`` "served", the app's
+    ``test_client()`` speaks HTTP to the shipped server on the same settings
+    (see :func:`served`)."""
     def make(kind: str = "sqlite", **extra: Any) -> Any:
         overrides = {**storage_overrides(kind, request, tmp_path), **app_overrides(wechat, **extra)}
-        return create_app(overrides=overrides)
+        return served(create_app(overrides=overrides), overrides, tmp_path)
     return make
+
+
+SERVING_PATHS = ["fast", "flask", "served"]
+# The running test's serving path and request, set by serving_path().
+_SERVING: dict[str, Any] = {}
+
+
+@pytest.fixture(params=SERVING_PATHS)
+def serving_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run a test against the hot path and against Flask alone in process,
+    and over HTTP against the shipped server ("served"): apps the test makes
+    with make_app() or served() then answer through ``pighand-token serve``."""
+    monkeypatch.setenv("PIGHAND_FAST_PATH", "false" if request.param == "flask" else "true")
+    _SERVING.update(path=request.param, request=request)
+    yield str(request.param)
+    _SERVING.clear()
+
+
+def served(app: Any, overrides: dict[str, Any], log_dir: Path) -> Any:
+    """``app`` as it is, or, where the test's ``serving_path`` is "served", an
+    app whose ``test_client()`` is an HTTP client of ``pighand-token serve``
+    started on the same settings (same stores, same encryption key). The
+    in-process app stays for seeding and reading the stores."""
+    if _SERVING.get("path") != "served":
+        return app
+    return ServedApp(app, overrides, _SERVING["request"], log_dir)
+
+
+class ServedApp:
+    def __init__(self, app: Any, overrides: dict[str, Any], request: pytest.FixtureRequest, log_dir: Path) -> None:
+        self._app = app
+        self._overrides = overrides
+        self._request = request
+        self._log_dir = log_dir
+        self._server: Server | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._app, name)
+
+    def test_client(self) -> HttpClient:
+        if self._server is None:
+            settings = {k: v for k, v in self._overrides.items() if k not in ("host", "port")}
+            settings.update(fast_path=True, workers=1, threads=4)
+            server = Server(self._log_dir, **settings)
+            self._request.addfinalizer(server.stop)
+            self._server = server.start()
+        return HttpClient(self._server.base_url)
+
+
+class HttpResponse:
+    """A requests response with the Flask test response's reading methods."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self.raw = response
+        self.status_code = response.status_code
+        self.headers = response.headers
+        self.data = response.content
+
+    def get_json(self) -> Any:
+        return self.raw.json()
+
+    @property
+    def json(self) -> Any:
+        return self.raw.json()
+
+    def get_data(self, as_text: bool = False) -> Any:
+        return self.raw.text if as_text else self.raw.content
+
+
+class HttpClient:
+    """The Flask test client's calls, over HTTP to a served instance."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.session = requests.Session()
+
+    def open(self, path: str, method: str = "GET", *, headers: dict[str, str] | None = None, json: Any = None,
+             data: bytes | str | None = None, content_type: str | None = None,
+             query_string: dict[str, str] | None = None, environ_base: dict[str, str] | None = None) -> HttpResponse:
+        if environ_base and environ_base.get("REMOTE_ADDR") not in (None, "127.0.0.1", "::1"):
+            # A real connection comes from loopback: only the in-process
+            # client can pretend to be another host.
+            pytest.fail("a served request cannot come from another address; run this test in process only")
+        headers = dict(headers or {})
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        answer = self.session.request(method, self.base_url + path, headers=headers, json=json, data=data,
+                                      params=query_string, timeout=30)
+        return HttpResponse(answer)
+
+    def get(self, path: str, **kwargs: Any) -> HttpResponse:
+        return self.open(path, "GET", **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> HttpResponse:
+        return self.open(path, "PUT", **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> HttpResponse:
+        return self.open(path, "POST", **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> HttpResponse:
+        return self.open(path, "DELETE", **kwargs)
 
 
 # -- servers ------------------------------------------------------------------

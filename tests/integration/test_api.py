@@ -19,11 +19,9 @@ STABLE = "/cgi-bin/stable_token"
 CLASSIC = "/cgi-bin/token"
 
 
-@pytest.fixture(autouse=True, params=["fast", "flask"])
-def serving_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here runs against the hot path and against Flask alone."""
-    monkeypatch.setenv("PIGHAND_FAST_PATH", "true" if request.param == "fast" else "false")
-    return str(request.param)
+# Every test here runs on the hot path and on Flask alone in process, and
+# over HTTP against the shipped server (conftest.serving_path).
+pytestmark = pytest.mark.usefixtures("serving_path")
 
 
 def seed(app: Any, appid: str = APP, secret: str = SECRET) -> None:
@@ -344,6 +342,10 @@ def test_redis_down_at_start_serves_and_keeps_tokens_in_sql(make_app: Any, wecha
     assert wechat.count(STABLE) == 1
 
 
+IN_PROCESS = pytest.mark.parametrize("serving_path", ["fast", "flask"], indirect=True)
+
+
+@IN_PROCESS  # looks inside the worker
 def test_cached_get_is_answered_without_flask_on_the_hot_path(make_app: Any, wechat: FakeWeChat,
                                                               serving_path: str) -> None:
     app = make_app("sqlite")
@@ -359,6 +361,7 @@ def test_cached_get_is_answered_without_flask_on_the_hot_path(make_app: Any, wec
     assert len(through_flask) == (1 if serving_path == "fast" else 2)
 
 
+@IN_PROCESS  # a real connection here always comes from loopback
 def test_auth_off_serves_only_loopback_callers(make_app: Any, wechat: FakeWeChat, serving_path: str) -> None:
     app = make_app()
     seed(app)

@@ -17,18 +17,11 @@ from cryptography.fernet import Fernet
 from pighand_token.app import create_app
 from pighand_token.core.auth import hash_key, new_key
 from pighand_token.core.domain import Client, Credential
-from tests.conftest import Server, app_overrides, clean_env, run_cli
+from tests.conftest import Server, app_overrides, clean_env, run_cli, served
 from tests.fakes.wechat import STABLE_PATH, FakeWeChat
 
 APP = "wx_app_1"
 SECRET = "s3cr3t-wx-1"
-
-
-@pytest.fixture(params=["fast", "flask"])
-def serving_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test against the hot path and against Flask alone."""
-    monkeypatch.setenv("PIGHAND_FAST_PATH", "true" if request.param == "fast" else "false")
-    return str(request.param)
 
 
 def add_client(app: Any, name: str, *scopes: str) -> str:
@@ -40,10 +33,13 @@ def add_client(app: Any, name: str, *scopes: str) -> str:
 
 
 def secured_app(wechat: FakeWeChat, tmp_path: Path, **extra: Any) -> Any:
-    app = create_app(overrides={"sqlite_path": str(tmp_path / "p.sqlite3"),
-                                **app_overrides(wechat, **{"auth_required": True, **extra})})
+    """An app with keys required; served by the shipped server where the
+    test runs with serving_path "served"."""
+    overrides = {"sqlite_path": str(tmp_path / "p.sqlite3"),
+                 **app_overrides(wechat, **{"auth_required": True, **extra})}
+    app = create_app(overrides=overrides)
     app.extensions["pighand"].credentials.add(Credential("wechat", APP, SECRET))
-    return app
+    return served(app, overrides, tmp_path)
 
 
 # -- keys and scopes -----------------------------------------------------------------

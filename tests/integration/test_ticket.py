@@ -10,12 +10,9 @@ import pytest
 from tests.fakes.wechat import STABLE_PATH, TICKET_PATH, FakeWeChat
 from tests.integration.test_api import APP, body, seed
 
-
-@pytest.fixture(autouse=True, params=["fast", "flask"])
-def serving_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here runs against the hot path and against Flask alone."""
-    monkeypatch.setenv("PIGHAND_FAST_PATH", "true" if request.param == "fast" else "false")
-    return str(request.param)
+# Every test here runs on the hot path and on Flask alone in process, and
+# over HTTP against the shipped server (conftest.serving_path).
+pytestmark = pytest.mark.usefixtures("serving_path")
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis+mysql"])
