@@ -20,7 +20,7 @@ from typing import Any
 from ..adapters import prometheus
 from ..core.auth import api_key_from, is_loopback
 from ..core.domain import TokenKey, valid_appid
-from ..logs import ACCESS, request_event, request_id
+from ..logs import ACCESS, request_id
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -67,9 +67,7 @@ class FastPath:
                                   ("X-Request-Id", rid)])
         prometheus.http_request(ROUTE, "GET", 200)
         if ACCESS.enabled():
-            ACCESS.write(request_event(
-                request_id=rid, client=client_name, method="GET", route=ROUTE, platform=platform, appid=appid,
-                tier=self.service.last_tier(), status=200, started=started))
+            ACCESS.cached_get(rid, client_name, platform, appid, self.service.last_tier(), started)
         return [body]
 
     def _body(self, value: str) -> bytes:

@@ -9,6 +9,8 @@ import logging
 import threading
 import time
 
+import pytest
+
 from pighand_token.logs import AccessLog, JsonFormatter, request_event
 
 
@@ -36,6 +38,21 @@ def test_each_request_is_one_json_line_with_the_formatters_keys() -> None:
     assert isinstance(first["duration_ms"], float)
     assert second["appid"] == 'odd"\n\x1b[2J' and second["status"] == 404
     assert len(stream.getvalue().splitlines()) == 2  # the newline inside a value is escaped
+
+
+@pytest.mark.parametrize("client", ["billing", None, 'odd "name"'])
+def test_the_hot_path_line_is_the_same_line(client: str | None) -> None:
+    stream = io.StringIO()
+    access = AccessLog(stream)
+    started = time.perf_counter()
+    access.write(event(client=client, started=started))
+    access.cached_get("r1", client, "wechat", "wx1", "memory", started)
+    access.flush()
+    general, fast = lines(stream)
+    assert list(general) == list(fast)
+    for line in (general, fast):
+        line.pop("ts"), line.pop("duration_ms")
+    assert general == fast
 
 
 def test_timestamps_match_the_other_log_lines() -> None:
