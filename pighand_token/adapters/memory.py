@@ -4,6 +4,7 @@ credential repository and locks the unit tests (and nothing else) use."""
 from __future__ import annotations
 
 import builtins
+import math
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -15,8 +16,9 @@ from ..core.ports import Clock
 
 class MemoryTokenStore:
     """Per-worker cache. An entry is served for at most ``ttl_s`` after it was
-    stored here, so a token replaced on another worker stops being served
-    from this one within that time."""
+    stored here; a :class:`~pighand_token.core.ports.TokenChanges` follower
+    drops it sooner, as soon as another worker writes a newer token (the TTL
+    is the safety net for an announcement that was lost)."""
 
     name = "memory"
     shared = False
@@ -25,6 +27,10 @@ class MemoryTokenStore:
         self._clock = clock
         self._ttl_s = ttl_s
         self._entries: dict[TokenKey, tuple[Token, float]] = {}
+        # Per token, the newest fetched_at another worker announced: a read
+        # that was in flight when it was written (an older token read from a
+        # shared tier just before) must not put the older token back.
+        self._floors: dict[TokenKey, float] = {}
         self._mutex = threading.Lock()
 
     def get(self, key: TokenKey) -> Token | None:
@@ -40,6 +46,8 @@ class MemoryTokenStore:
         if self._ttl_s <= 0:
             return False
         with self._mutex:
+            if token.fetched_at < self._floors.get(key, -math.inf):
+                return False
             current = self._entries.get(key)
             if current is not None and current[0].fetched_at > token.fetched_at:
                 return False
@@ -49,6 +57,18 @@ class MemoryTokenStore:
     def delete(self, key: TokenKey) -> None:
         with self._mutex:
             self._entries.pop(key, None)
+
+    def drop_older(self, key: TokenKey, fetched_at: float) -> None:
+        with self._mutex:
+            if fetched_at > self._floors.get(key, -math.inf):
+                self._floors[key] = fetched_at
+            current = self._entries.get(key)
+            if current is not None and current[0].fetched_at < fetched_at:
+                del self._entries[key]
+
+    def clear(self) -> None:
+        with self._mutex:
+            self._entries.clear()
 
 
 class MemoryCredentialRepository:

@@ -57,6 +57,39 @@ class FallbackStore(TokenStore, Protocol):
         above hold a newer one, a leftover row must never be served."""
 
 
+class LocalTokenCache(TokenStore, Protocol):
+    """A worker's own tier (not shared), told about writes made elsewhere."""
+
+    def drop_older(self, key: TokenKey, fetched_at: float) -> None:
+        """A token fetched at ``fetched_at`` was written to a shared tier:
+        drop a held token fetched before it, and refuse any such token from
+        now on (a read in flight may still bring one)."""
+
+    def clear(self) -> None:
+        """Drop every entry (announcements may have been missed)."""
+
+
+class TokenChanges(Protocol):
+    """Follows the tokens written to the shared tiers, by any worker of any
+    instance, and keeps this worker's :class:`LocalTokenCache` from serving
+    a replaced one. Runs in the background of a served worker only: nothing
+    happens before ``start``."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class NoTokenChanges:
+    """Nothing to follow (no in-process tier)."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
 class Cooldowns(Protocol):
     """Per-app pause after failed platform calls, seen by every worker."""
 
