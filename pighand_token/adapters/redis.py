@@ -10,11 +10,17 @@ Two keys per token:
   this one, because ordering writes needs fetched_at.
 
 Both are written by one Lua script, so a token fetched earlier never
-overwrites one fetched later, whichever worker finishes last.
+overwrites one fetched later, whichever worker finishes last. The script
+also announces each write it makes on ``<prefix>pighand:changed`` (plain
+pub/sub: platform, appid and fetched_at, never the token), and
+:class:`RedisTokenChanges` in every worker drops what that write replaced
+from its memory.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import threading
 import time
@@ -30,9 +36,12 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from ..core.domain import Cooldown, Token, TokenKey
 from ..core.errors import Unavailable
-from ..core.ports import Clock
+from ..core.ports import Clock, LocalTokenCache
+from .follower import Follower
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _PUT_SCRIPT = """
 local current = redis.call('HGET', KEYS[1], 'fetched_at')
@@ -46,8 +55,40 @@ if tonumber(ARGV[5]) > 0 then
 else
   redis.call('DEL', KEYS[2])
 end
+redis.call('PUBLISH', ARGV[7], ARGV[8])
 return 1
 """
+
+# The announcement carries the fetched_at string as stored (repr of the
+# float, a JSON number that reads back exactly); cjson would round it.
+_DELETE_SCRIPT = """
+local current = redis.call('HGET', KEYS[1], 'fetched_at')
+redis.call('DEL', KEYS[1], KEYS[2])
+if current then
+  redis.call('PUBLISH', ARGV[1], ARGV[2] .. current .. '}')
+end
+return 1
+"""
+
+
+def changes_channel(key_prefix: str) -> str:
+    """Where every token write is announced (PUBLISH from the scripts)."""
+    return f"{key_prefix}pighand:changed"
+
+
+def _announcement(key: TokenKey, *, deleted: bool) -> str:
+    """The announcement's JSON up to its fetched_at number (the caller, or
+    the delete script, appends the number and the closing brace)."""
+    return json.dumps({"platform": key.platform, "appid": key.appid, "deleted": deleted})[:-1] + ', "fetched_at": '
+
+
+def read_announcement(data: str) -> tuple[TokenKey, float]:
+    """(key, floor) of one announcement: a memory entry fetched before
+    ``floor`` is replaced (a deleted token's own fetched_at counts too)."""
+    fields = json.loads(data)
+    key = TokenKey(str(fields["platform"]), str(fields["appid"]))
+    fetched_at = float(fields["fetched_at"])
+    return key, math.nextafter(fetched_at, math.inf) if fields.get("deleted") else fetched_at
 
 
 class Breaker:
@@ -105,6 +146,8 @@ class RedisTokenStore:
         self._prefix = key_prefix
         self._breaker = breaker or Breaker()
         self._put = client.register_script(_PUT_SCRIPT)
+        self._delete = client.register_script(_DELETE_SCRIPT)
+        self._channel = changes_channel(key_prefix)
         self._local = threading.local()
 
     def _reader(self) -> redis.Redis:
@@ -148,13 +191,69 @@ class RedisTokenStore:
         if meta_ms <= 0:
             return False
         raw_ms = max(0, math.floor((token.serve_until(self._margin_s) - now) * 1000))
-        args: list[Any] = [token.value, repr(token.expires_at), repr(token.fetched_at), meta_ms, raw_ms,
-                           int(token.final)]
+        fetched_at = repr(token.fetched_at)
+        args: list[Any] = [token.value, repr(token.expires_at), fetched_at, meta_ms, raw_ms, int(token.final),
+                           self._channel, _announcement(key, deleted=False) + fetched_at + "}"]
         keys = [self.meta_key(key), self.raw_key(key)]
         return bool(self._breaker.call(lambda: self._put(keys=keys, args=args)))
 
     def delete(self, key: TokenKey) -> None:
-        self._breaker.call(lambda: self._client.delete(self.meta_key(key), self.raw_key(key)))
+        keys = [self.meta_key(key), self.raw_key(key)]
+        args = [self._channel, _announcement(key, deleted=True)]
+        self._breaker.call(lambda: self._delete(keys=keys, args=args))
+
+
+class RedisTokenChanges(Follower):
+    """Subscribes to the write announcements and drops, from this worker's
+    memory, each token a write replaced.
+
+    Why plain pub/sub and not redis-py's server-assisted client-side caching:
+    that needs Redis 7.4 or later (RESP3 with client tracking as redis-py
+    uses it), and many servers and managed offerings run older ones; the
+    writers here are our own scripts, so announcing from them works on every
+    Redis, Valkey and Redis Cluster. An announcement missed while the
+    subscription was down is made up for by clearing the memory on every
+    (re)subscribe; one lost any other way is covered by the memory's TTL.
+    """
+
+    WAIT_S = 0.25  # longest a stop waits for the thread to notice
+
+    def __init__(self, client: redis.Redis, cache: LocalTokenCache, *, key_prefix: str = "") -> None:
+        super().__init__("redis token changes")
+        self._client = client
+        self._cache = cache
+        self._channel = changes_channel(key_prefix)
+
+    def _follow(self) -> None:
+        pubsub = self._client.pubsub()
+        try:
+            pubsub.subscribe(self._channel)
+            while not self._stopping.is_set():
+                message = pubsub.get_message(timeout=self.WAIT_S)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    # Subscribed, first or again (redis-py resubscribes after
+                    # a reconnect): what was announced meanwhile is lost.
+                    self._cache.clear()
+                    self._recovered()
+                elif message["type"] == "message":
+                    self._apply(message["data"])
+        except RedisError as exc:
+            raise Unavailable(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            try:
+                pubsub.close()
+            except RedisError:
+                pass
+
+    def _apply(self, data: str) -> None:
+        try:
+            key, floor = read_announcement(data)
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed token change announcement on %s", self._channel)
+            return
+        self._cache.drop_older(key, floor)
 
 
 class RedisLocks:

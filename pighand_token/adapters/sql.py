@@ -28,7 +28,8 @@ import pymysql
 from ..core.crypto import Cipher, is_encrypted
 from ..core.domain import AuditEntry, Client, Cooldown, Credential, Token, TokenKey
 from ..core.errors import Conflict, Unavailable
-from ..core.ports import Clock
+from ..core.ports import Clock, LocalTokenCache
+from .follower import Follower
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ SCHEMA = {
             expires_at DOUBLE NOT NULL,
             fetched_at DOUBLE NOT NULL,
             final TINYINT NOT NULL DEFAULT 0,
-            PRIMARY KEY (platform, appid)
+            PRIMARY KEY (platform, appid),
+            KEY ix_token_fetched_at (fetched_at)
         ) DEFAULT CHARSET=utf8mb4""",
         """CREATE TABLE IF NOT EXISTS pighand_lock (
             name VARCHAR(191) NOT NULL PRIMARY KEY,
@@ -115,6 +117,7 @@ SCHEMA = {
             final INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (platform, appid)
         )""",
+        "CREATE INDEX IF NOT EXISTS ix_token_fetched_at ON token (fetched_at)",
         """CREATE TABLE IF NOT EXISTS pighand_lock (
             name TEXT NOT NULL PRIMARY KEY,
             owner TEXT NOT NULL,
@@ -164,6 +167,11 @@ TIMESTAMP_COLUMNS = {
     },
     "sqlite": {"created_at": "TEXT", "updated_at": "TEXT"},
 }
+
+# Indexes a table made by an earlier version may lack (SQLite's schema above
+# adds them itself, with IF NOT EXISTS, which MySQL does not have): the
+# token-change follower asks for recently fetched tokens several times a second.
+INDEXES = {"token": {"ix_token_fetched_at": "fetched_at"}}
 
 
 @dataclass(frozen=True)
@@ -257,7 +265,7 @@ class Database:
             cur = conn.cursor()
             for statement in SCHEMA[self.dialect]:
                 cur.execute(statement)
-            self._upgraded = self._add_missing_columns()
+            self._upgraded = self._upgrade()
             self._schema_ready = True
 
     def close(self) -> None:
@@ -313,10 +321,14 @@ class Database:
 
     def init_schema(self) -> list[str]:
         """Create missing tables and add the timestamp columns an original
-        `platform` table lacks (done on a process's first connection too).
-        Idempotent. Returns what it changed."""
+        `platform` table lacks and the indexes an earlier version's tables
+        lack (done on a process's first connection too). Idempotent. Returns
+        what it changed."""
         self._conn()
-        return self._upgraded + self._add_missing_columns()
+        return self._upgraded + self._upgrade()
+
+    def _upgrade(self) -> list[str]:
+        return self._add_missing_columns() + self._add_missing_indexes()
 
     def _add_missing_columns(self) -> list[str]:
         changed: list[str] = []
@@ -332,6 +344,30 @@ class Database:
                     continue
                 changed.append(f"platform.{column}")
         return changed
+
+    def _add_missing_indexes(self) -> list[str]:
+        if self.dialect != "mysql":
+            return []
+        changed: list[str] = []
+        for table, indexes in INDEXES.items():
+            for name, columns in indexes.items():
+                if name in self._indexes(table):
+                    continue
+                try:
+                    self.execute(f"CREATE INDEX {name} ON {table} ({columns})")
+                except (Unavailable, pymysql.MySQLError):
+                    # Another worker starting at the same moment added it first.
+                    if name not in self._indexes(table):
+                        raise
+                    continue
+                changed.append(f"{table}.{name}")
+        return changed
+
+    def _indexes(self, table: str) -> set[str]:
+        rows, _ = self.execute(
+            "SELECT DISTINCT index_name FROM information_schema.statistics "
+            "WHERE table_schema = DATABASE() AND table_name = ?", (table,))
+        return {r[0].lower() for r in rows}
 
     def _columns(self, table: str) -> set[str]:
         if self.dialect == "sqlite":
@@ -482,6 +518,55 @@ class SqlTokenStore:
     def discard_older(self, key: TokenKey, fetched_at: float) -> None:
         self._db.execute("DELETE FROM token WHERE platform = ? AND appid = ? AND fetched_at < ?",
                          (key.platform, key.appid, fetched_at))
+
+    def fetched_since(self, since: float | None) -> list[tuple[TokenKey, float]]:
+        """(key, fetched_at) of every stored token fetched after ``since``
+        (None: every token); a range on the fetched_at index, values unread."""
+        query = "SELECT platform, appid, fetched_at FROM token"
+        rows, _ = (self._db.execute(query) if since is None
+                   else self._db.execute(query + " WHERE fetched_at > ?", (since,)))
+        return [(TokenKey(r[0], r[1]), float(r[2])) for r in rows]
+
+
+class SqlTokenChanges(Follower):
+    """Without Redis: polls the token table for tokens fetched recently and
+    drops, from this worker's memory, each token such a write replaced.
+
+    The query asks for tokens fetched after the newest fetched_at seen so far
+    (or this machine's clock, if that is earlier) less ``window_s``: a token
+    is stored up to a platform call after its fetched_at (which is taken
+    when the call starts), and the instances' clocks may differ, so a write
+    is still seen if it lands within the window. Rows inside the window are
+    read again on each poll; dropping is idempotent, so that costs only the
+    read. Deleted rows are not seen: the memory's TTL covers those.
+    """
+
+    def __init__(self, store: SqlTokenStore, cache: LocalTokenCache, *, clock: Clock, interval_s: float = 0.25,
+                 window_s: float = 60.0) -> None:
+        super().__init__("sql token changes")
+        self._store = store
+        self._cache = cache
+        self._clock = clock
+        self._interval_s = interval_s
+        self._window_s = window_s
+        self._newest: float | None = None  # None: the first poll reads every row once
+
+    def _follow(self) -> None:
+        while not self._stopping.is_set():
+            self.poll()
+            self._recovered()
+            self._stopping.wait(self._interval_s)
+
+    def poll(self) -> None:
+        """One look at the table (the thread does this every ``interval_s``)."""
+        since = None if self._newest is None else min(self._newest, self._clock()) - self._window_s
+        newest = self._newest
+        for key, fetched_at in self._store.fetched_since(since):
+            self._cache.drop_older(key, fetched_at)
+            if newest is None or fetched_at > newest:
+                newest = fetched_at
+        # An empty table: from now on, the window before this machine's clock.
+        self._newest = newest if newest is not None else self._clock()
 
 
 class SqlCooldowns:
