@@ -318,7 +318,8 @@ class Server:
     def worker_pids(self) -> list[int]:
         """The worker processes (not multiprocessing's resource tracker)."""
         assert self.proc is not None
-        out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(self.proc.pid)], capture_output=True,
+        # -ww: the whole command line, however narrow the terminal ps thinks it writes to.
+        out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(self.proc.pid)], capture_output=True,
                              text=True)
         pids = []
         for line in out.stdout.splitlines():
