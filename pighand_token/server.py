@@ -10,8 +10,10 @@ worker).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -28,9 +30,18 @@ from .core.errors import SettingsError
 # platform call holds one of them for at most the upstream budget.
 DEFAULT_THREADS = 16
 MAX_DEFAULT_WORKERS = 8
+# Connections one worker holds open at once. granian counts connections, not
+# requests, against this limit (its "backpressure"), idle keep-alive ones and
+# callers still sending their headers included; each costs a few KB of Rust,
+# no thread. Kept far above threads so a pool of idle keep-alive clients or a
+# slowloris cannot fill it (a full worker stops accepting: every new caller
+# hashed to its socket waits), and below the open-files limit.
+MAX_CONNECTIONS_PER_WORKER = 1024
 # Stop: in-flight requests get this long to finish after SIGTERM/SIGINT,
 # then the workers are killed (the whole stop stays within 10 s).
 STOP_TIMEOUT_S = 8
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,13 +62,22 @@ def options(settings: Settings) -> ServeOptions:
         host=settings.host.strip("[]"), port=settings.port,
         workers=settings.workers or default_workers(),
         threads=settings.threads or DEFAULT_THREADS,
-        header_timeout_ms=int(settings.http_header_timeout * 1000),
+        header_timeout_ms=max(1, round(settings.http_header_timeout * 1000)),
         worker_lifetime_s=settings.worker_lifetime or None,
     )
 
 
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
+
+
+def max_connections() -> int:
+    # Half the open-files limit at most: the rest is the worker's own
+    # (database, Redis and platform connections, logs).
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS_PER_WORKER
+    return max(64, min(MAX_CONNECTIONS_PER_WORKER, soft // 2))
 
 
 def check_bind(settings: Settings) -> None:
@@ -84,8 +104,6 @@ def metrics_dir() -> tuple[str, bool]:
 
 def serve(settings: Settings) -> None:
     """Run granian until SIGTERM/SIGINT; returns when it has stopped."""
-    from granian.constants import Interfaces
-    from granian.http import HTTP1Settings
     from granian.server import Server
 
     opts = options(settings)
@@ -97,33 +115,46 @@ def serve(settings: Settings) -> None:
     # imported or opened (settings files, a half-built client) leaks into
     # them, and each imports prometheus_client with the folder already set.
     multiprocessing.set_start_method("spawn", force=True)
-    server = Server(
-        "pighand_token.server:worker_app",
+    server = Server("pighand_token.server:worker_app", **granian_options(opts, settings.log_level))
+    # What granian holds, not what was asked: the line shows the settings arrived.
+    log.info("serving on %s:%d: %d workers x %d threads, up to %d connections each, header read timeout %g s, "
+             "worker lifetime %s", server.bind_addr, server.bind_port, server.workers, server.blocking_threads,
+             server.backpressure, server.http1_settings.header_read_timeout / 1000,
+             f"{server.workers_lifetime} s" if server.workers_lifetime else "unlimited")
+    try:
+        server.serve()
+    finally:
+        if own:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def granian_options(opts: ServeOptions, log_level: str) -> dict[str, Any]:
+    """granian's Server arguments for these options."""
+    from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
+
+    return dict(
         factory=True,
         interface=Interfaces.WSGI,
         address=opts.host,
         port=opts.port,
         workers=opts.workers,
         blocking_threads=opts.threads,
-        # Requests a worker takes on at once: its threads, plus as many
-        # waiting for one; the rest wait in the kernel's accept queue.
-        backpressure=opts.threads * 2,
+        backpressure=max_connections(),
         http1_settings=HTTP1Settings(keep_alive=True, header_read_timeout=opts.header_timeout_ms),
         websockets=False,
+        # A worker that dies is replaced at once. granian gives up (and exits
+        # 1, for the supervisor to restart it) when the same worker dies again
+        # within 5.5 s of being replaced: a crash loop.
         respawn_failed_workers=True,
         respawn_interval=1.0,
         workers_lifetime=opts.worker_lifetime_s,
         workers_kill_timeout=STOP_TIMEOUT_S,
         log_enabled=True,
-        log_level=_granian_level(settings.log_level),
+        log_level=_granian_level(log_level),
         log_dictconfig=_granian_logging(),
         log_access=False,  # ours is the JSON access line (logs.py)
     )
-    try:
-        server.serve()
-    finally:
-        if own:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def worker_app() -> Any:
@@ -160,5 +191,6 @@ def _granian_logging() -> dict[str, Any]:
         "formatters": {"json": {"()": "pighand_token.logs.JsonFormatter"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "loggers": {"_granian": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+                    __name__: {"handlers": ["stderr"], "level": "INFO", "propagate": False},
                     "granian.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
     }
