@@ -101,16 +101,19 @@ def _finish_request(response: Response) -> Response:
 
 
 def start_background(app: Flask) -> None:
-    """Start what a serving worker runs beside its requests: the refresh
-    timer (if the settings enable it). Called once per served worker process
+    """Start what a serving worker runs beside its requests: the follower of
+    token changes that keeps its memory tier coherent, and the refresh timer
+    (if the settings enable it). Called once per served worker process
     (``pighand-token serve``, gunicorn's post_worker_init), never by a command."""
     container = app.extensions["pighand"]
+    container.changes.start()
     if container.settings.is_enable_schedule:
         app.extensions["pighand_scheduler"].start(app)
 
 
 def stop_background(app: Flask) -> None:
     app.extensions["pighand_scheduler"].stop()
+    app.extensions["pighand"].changes.stop()
 
 
 def configure_logging(level: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis as redis_lib
 import requests
@@ -27,6 +27,7 @@ from .adapters.sql import (
     SqlCounters,
     SqlCredentialRepository,
     SqlLocks,
+    SqlTokenChanges,
     SqlTokenStore,
 )
 from .config import Settings
@@ -34,7 +35,7 @@ from .core.audit import Audit
 from .core.auth import ClientRegistry
 from .core.crypto import Cipher, load_cipher
 from .core.errors import SettingsError, Unavailable
-from .core.ports import Clock, Cooldowns, Counters, FallbackStore, Locks, TokenStore
+from .core.ports import Clock, Cooldowns, Counters, FallbackStore, Locks, NoTokenChanges, TokenChanges, TokenStore
 from .core.service import Policy, TokenService
 from .providers import REGISTRY, ProviderContext
 
@@ -52,6 +53,8 @@ class Container:
     clients: ClientRegistry
     audit: Audit
     redis: redis_lib.Redis | None = None
+    changes: TokenChanges = field(default_factory=NoTokenChanges)
+    """Keeps the in-process tier coherent; started by app.start_background."""
 
     def pings(self) -> list[tuple[str, Callable[[], None]]]:
         """One check per configured store, for readiness."""
@@ -85,8 +88,16 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
     db = build_database(settings)
     cipher = load_cipher(settings)
     credentials = SqlCredentialRepository(db, cipher)
-    memory = MemoryTokenStore(clock, settings.local_cache_ttl)
     sql = SqlTokenStore(db, cipher)
+    policy = Policy(margin_s=settings.corn_interval, upstream_timeout_s=settings.upstream_timeout,
+                    cooldown_base_s=settings.failure_cooldown,
+                    refresh_limit_per_minute=settings.refresh_limit_per_minute)
+    # The worker's memory is the first tier read, so a cached GET does no
+    # I/O; `changes` drops from it what other workers replace (Redis
+    # announcements, else SQL polling). local_cache_ttl 0: no memory tier.
+    memory = MemoryTokenStore(clock, settings.local_cache_ttl) if settings.local_cache_ttl > 0 else None
+    local: list[TokenStore] = [memory] if memory is not None else []
+    changes: TokenChanges = NoTokenChanges()
 
     stores: list[TokenStore]
     locks: Locks
@@ -104,9 +115,11 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
         prefix = settings.redis_key_prefix
         redis_store = redis_adapters.RedisTokenStore(client, clock=clock, margin_s=settings.corn_interval,
                                                      key_prefix=prefix, breaker=breaker)
-        # save_model auto: Redis + in-process, with SQL taking the tokens
+        # save_model auto: in-process + Redis, with SQL taking the tokens
         # only while Redis is down; all: every tier, always.
-        stores = [redis_store, memory]
+        stores = [*local, redis_store]
+        if memory is not None:
+            changes = redis_adapters.RedisTokenChanges(client, memory, key_prefix=prefix)
         if settings.save_model == "all":
             stores.append(sql)
         else:
@@ -118,7 +131,11 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
         counters = FallbackCounters(redis_adapters.RedisCounters(client, key_prefix=prefix, breaker=breaker),
                                     SqlCounters(db))
     else:
-        stores = [memory, sql]
+        stores = [*local, sql]
+        if memory is not None:
+            # A token reaches SQL up to one platform call after its
+            # fetched_at, and instances' clocks differ by up to 30 s.
+            changes = SqlTokenChanges(sql, memory, clock=clock, window_s=policy.upstream_budget_s + 30)
         locks = SqlLocks(db, clock)
         cooldowns = SqlCooldowns(db)
         counters = SqlCounters(db)
@@ -131,11 +148,8 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
     providers = {platform: build(context) for platform, build in REGISTRY.items()}
     service = TokenService(
         credentials=credentials, stores=stores, fallback=fallback, locks=locks, providers=providers,
-        cooldowns=cooldowns, counters=counters, metrics=PrometheusMetrics(), clock=clock,
-        policy=Policy(margin_s=settings.corn_interval, upstream_timeout_s=settings.upstream_timeout,
-                      cooldown_base_s=settings.failure_cooldown,
-                      refresh_limit_per_minute=settings.refresh_limit_per_minute),
+        cooldowns=cooldowns, counters=counters, metrics=PrometheusMetrics(), clock=clock, policy=policy,
     )
     return Container(settings=settings, db=db, credentials=credentials, stores=stores, locks=locks,
                      service=service, http=http, cipher=cipher, clients=ClientRegistry(SqlClients(db), clock),
-                     audit=Audit(SqlAuditLog(db), clock), redis=client)
+                     audit=Audit(SqlAuditLog(db), clock), redis=client, changes=changes)

@@ -55,7 +55,7 @@ class Settings:
     is_enable_schedule: bool = True
     corn_interval: int = 300
     save_model: str = "auto"
-    local_cache_ttl: int = 30
+    local_cache_ttl: int = 5
     wechat_api_base: str = "https://api.weixin.qq.com"
     wechat_token_mode: str = "stable"
     feishu_api_base: str = "https://open.feishu.cn"

@@ -1,7 +1,7 @@
 """TokenService: the use cases. Everything that decides lives here; the HTTP
 blueprint, the CLI and the scheduler only call it.
 
-Lookup: the tiers in order (Redis > in-process > SQL, as bootstrap chose),
+Lookup: the tiers in order (in-process > Redis > SQL, as bootstrap chose),
 back-filling the tiers above the one that answered. A miss takes the
 per-token lock (threads of this process first, then the cross-process lock),
 reads the shared tiers again, and only then calls the platform, so every
@@ -178,9 +178,10 @@ class TokenService:
         return self._obtain(key, lambda: self._fetch_and_store(key))
 
     def cached(self, key: TokenKey) -> Token | None:
-        """The token if the first tier (Redis, or memory without Redis) can
-        serve it as it is, else None: the hot path answers only this case and
-        leaves everything else (back-fills, refreshes, errors) to get()."""
+        """The token if the first tier (the worker's memory, kept coherent by
+        the token-change follower) can serve it as it is, else None: the hot
+        path answers only this case and leaves everything else (back-fills,
+        refreshes, errors) to get()."""
         store = self._read_order[0]
         try:
             token = store.get(key)

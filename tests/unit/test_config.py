@@ -54,7 +54,7 @@ DOCUMENTED_DEFAULTS: list[tuple[str, Any]] = [
     ("is_enable_schedule", True),
     ("corn_interval", 300),
     ("save_model", "auto"),
-    ("local_cache_ttl", 30),
+    ("local_cache_ttl", 5),
     ("wechat_api_base", "https://api.weixin.qq.com"),
     ("wechat_token_mode", "stable"),
     ("upstream_timeout", 5),
