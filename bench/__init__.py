@@ -1,1 +1,1 @@
-"""Throughput benchmarks: ``python -m bench.throughput`` (see bench/README.md)."""
+"""Benchmarks: ``python -m bench`` runs them all and prints one table (see bench/README.md)."""

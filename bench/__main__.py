@@ -1,6 +1,6 @@
 """``python -m bench``: every benchmark in one run, one table.
 
-    python -m bench                      # 10 s per measured run, about 5 minutes
+    python -m bench                      # 10 s per measured run, about 4 minutes
     python -m bench --quick              # 3 s per measured run
     python -m bench --rounds 3 --json bench/results/run.json
     python -m bench --only ours_inproc,bare_constant,nginx_constant
@@ -65,7 +65,7 @@ def machine_info() -> dict[str, Any]:
         "nproc": len(os.sched_getaffinity(0)),  # what nproc prints
         "cpu_model": model,
         "python": f"{py_platform.python_implementation()} {py_platform.python_version()}",
-        "wrk": (wrk.stdout + wrk.stderr).splitlines()[0].strip(),
+        "wrk": (wrk.stdout + wrk.stderr).splitlines()[0].split(" Copyright")[0].strip(),
         "sched_autogroup": autogroup,
         "load_avg": os.getloadavg(),
     }
