@@ -85,11 +85,11 @@ def wait_exit(server: Server, timeout_s: float) -> float:
 
 
 def alive(pid: int) -> bool:
+    """The process runs (a zombie whose parent has gone counts as ended)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # A zombie is gone for our purposes (its parent has not reaped it yet).
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().split(") ", 1)[1][0] != "Z"
@@ -295,17 +295,21 @@ def _ignore_errors(call: Callable[[], Any]) -> None:
 
 
 # -- crashed workers -------------------------------------------------------------
-def test_sigkilled_worker_is_replaced_and_serving_within_5_s(tmp_path: Path, wechat: FakeWeChat) -> None:
+def test_sigkilled_worker_is_replaced_and_serving_within_5_s_and_a_crash_loop_stops_the_server(
+        tmp_path: Path, wechat: FakeWeChat) -> None:
     with Server(tmp_path, workers=2, **seeded_server_settings(tmp_path, wechat)) as server:
         # Right after start: a worker killed this early is replaced like any other.
         before = every_worker_answers(server, 2)
-        victim = server.worker_pids()[0]
+        original = server.worker_pids()
+        victim = original[0]
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         # A connection the kernel queued for the victim as it died is reset
-        # (one listening socket per worker); once it is gone the other worker
-        # takes every new connection until the replacement listens beside it.
-        wait_until("the killed worker is gone", lambda: not alive(victim), timeout_s=2)
+        # (one listening socket per worker); once granian has reaped it (all
+        # its threads gone, its socket closed) the other worker takes every
+        # new connection until the replacement listens beside it.
+        wait_until("granian reaps the killed worker", lambda: "Unexpected exit from worker" in server.log(),
+                   timeout_s=2)
         served_by: set[str] = set()
 
         def replaced() -> bool:
@@ -317,6 +321,17 @@ def test_sigkilled_worker_is_replaced_and_serving_within_5_s(tmp_path: Path, wec
         assert time.monotonic() - killed_at < 5
         assert server.proc is not None and server.proc.poll() is None
         assert "Respawning worker" in server.log()
+
+        # The replacement dying too, within 5.5 s of starting, is a crash loop:
+        # granian stops the other worker gracefully and exits 1, for the
+        # supervisor (systemd, Kubernetes) to restart the service.
+        pids = server.worker_pids()
+        (replacement,) = set(pids) - set(original)
+        os.kill(replacement, signal.SIGKILL)
+        wait_exit(server, 10)
+        assert server.proc.returncode == 1
+        assert "Worker crash loop detected" in server.log()
+        assert not [pid for pid in pids if alive(pid)]
 
 
 def test_metrics_are_summed_across_workers_and_survive_a_respawn(tmp_path: Path, wechat: FakeWeChat) -> None:
