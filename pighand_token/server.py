@@ -24,10 +24,15 @@ from .config import Settings
 from .core.auth import is_loopback
 from .core.errors import SettingsError
 
-# Chosen by measurement on 2 cores (bench/README.md): one worker per core
-# keeps every core busy with the Rust I/O threads beside it; more threads
-# than this per worker only add GIL hand-offs under load, and a slow
-# platform call holds one of them for at most the upstream budget.
+# Chosen by measurement on 2 cores (wrk -t1 -c16 -d5s on a cached GET,
+# medians of 3 runs): one worker per core is best (2 workers 25-28k req/s,
+# 1 worker 17-24k, 3 workers 20-23k). Threads from 4 to 32 per worker serve
+# cached GETs alike (within the +-3k run-to-run noise, p99 about 5 ms); 64
+# is a little slower. What threads buy is room for slow platform calls: each
+# holds one for up to the upstream budget, and the kernel may hash several
+# onto one worker. With 5 cold appids on a platform taking 3 s, 1 worker x 4
+# threads put the cached GETs' p99 at 2.9 s; with 12, 2 x 8 did in one run
+# of three; 2 x 16 kept it under 12 ms in every run.
 DEFAULT_THREADS = 16
 MAX_DEFAULT_WORKERS = 8
 # Connections one worker holds open at once. granian counts connections, not
@@ -104,6 +109,7 @@ def metrics_dir() -> tuple[str, bool]:
 
 def serve(settings: Settings) -> None:
     """Run granian until SIGTERM/SIGINT; returns when it has stopped."""
+    from granian.http import HTTP1Settings
     from granian.server import Server
 
     opts = options(settings)
@@ -117,9 +123,10 @@ def serve(settings: Settings) -> None:
     multiprocessing.set_start_method("spawn", force=True)
     server = Server("pighand_token.server:worker_app", **granian_options(opts, settings.log_level))
     # What granian holds, not what was asked: the line shows the settings arrived.
+    h1 = server.http1_settings or HTTP1Settings()
     log.info("serving on %s:%d: %d workers x %d threads, up to %d connections each, header read timeout %g s, "
              "worker lifetime %s", server.bind_addr, server.bind_port, server.workers, server.blocking_threads,
-             server.backpressure, server.http1_settings.header_read_timeout / 1000,
+             server.backpressure, h1.header_read_timeout / 1000,
              f"{server.workers_lifetime} s" if server.workers_lifetime else "unlimited")
     try:
         server.serve()
@@ -152,7 +159,7 @@ def granian_options(opts: ServeOptions, log_level: str) -> dict[str, Any]:
         workers_kill_timeout=STOP_TIMEOUT_S,
         log_enabled=True,
         log_level=_granian_level(log_level),
-        log_dictconfig=_granian_logging(),
+        log_dictconfig=_granian_logging(hide_threads_warning=opts.threads == DEFAULT_THREADS),
         log_access=False,  # ours is the JSON access line (logs.py)
     )
 
@@ -183,14 +190,32 @@ def _granian_level(level: str) -> Any:
     return LogLevels(level if level != "debug" else "info")
 
 
-def _granian_logging() -> dict[str, Any]:
+def _granian_logging(*, hide_threads_warning: bool = False) -> dict[str, Any]:
     """granian's own log lines as our JSON lines, on stderr."""
+    handler: dict[str, Any] = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    filters: dict[str, Any] = {}
+    if hide_threads_warning:
+        # granian warns at every start when threads > 2 x cores + 1; the
+        # default is above that on purpose (see DEFAULT_THREADS).
+        filters["threads"] = {"()": "pighand_token.server.HideMessage",
+                              "start": "Configuration allows spawning up to"}
+        handler["filters"] = ["threads"]
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "pighand_token.logs.JsonFormatter"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "filters": filters,
+        "handlers": {"stderr": handler},
         "loggers": {"_granian": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
                     __name__: {"handlers": ["stderr"], "level": "INFO", "propagate": False},
                     "granian.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
     }
+
+
+class HideMessage(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
