@@ -2,6 +2,13 @@
 serve with gunicorn's stock gthread worker instead of ``pighand-token serve``.
 
     python3 -m pip install -e '.[gunicorn]' && gunicorn -c gunicorn.conf.py
+
+Run it from the project folder (it loads ``wsgi:app``). gthread reads a
+request's headers on one of its threads and has no header-read timeout, so a
+few callers that send their headers slowly hold every thread (8 slow
+connections stall a worker of 4 threads); put it behind a proxy that
+buffers requests (nginx), or serve with ``pighand-token serve``, whose
+header reading costs no thread.
 """
 
 import os
