@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import redis as redis_lib
 import requests
 
 from .adapters import redis as redis_adapters
@@ -52,7 +51,7 @@ class Container:
     cipher: Cipher
     clients: ClientRegistry
     audit: Audit
-    redis: redis_lib.Redis | None = None
+    redis: redis_adapters.Client | None = None
     changes: TokenChanges = field(default_factory=NoTokenChanges)
     """Keeps the in-process tier coherent; started by app.start_background."""
 
@@ -64,7 +63,7 @@ class Container:
             def ping_redis() -> None:
                 try:
                     client.ping()
-                except redis_lib.RedisError as exc:
+                except redis_adapters.REDIS_ERRORS as exc:
                     raise Unavailable(f"{type(exc).__name__}: {exc}") from None
             checks.append(("redis", ping_redis))
         return checks
@@ -104,12 +103,13 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
     cooldowns: Cooldowns
     counters: Counters
     fallback: FallbackStore | None = None
-    client: redis_lib.Redis | None = None
+    client: redis_adapters.Client | None = None
     if settings.uses_redis:
         client = redis_adapters.connect(
             url=settings.redis_url, host=settings.redis_host, port=settings.redis_port,
             password=settings.redis_pwd, db=settings.redis_db, sentinels=settings.redis_sentinels,
-            sentinel_master=settings.redis_sentinel_master, timeout_s=min(settings.upstream_timeout, 2.0),
+            sentinel_master=settings.redis_sentinel_master, cluster_nodes=settings.redis_cluster_nodes,
+            timeout_s=min(settings.upstream_timeout, 2.0),
         )
         breaker = redis_adapters.Breaker()
         prefix = settings.redis_key_prefix

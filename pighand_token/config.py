@@ -52,6 +52,7 @@ class Settings:
     redis_url: str = ""
     redis_sentinels: str = ""
     redis_sentinel_master: str = ""
+    redis_cluster_nodes: str = ""
     is_enable_schedule: bool = True
     corn_interval: int = 300
     save_model: str = "auto"
@@ -78,7 +79,7 @@ class Settings:
 
     @property
     def uses_redis(self) -> bool:
-        return bool(self.redis_host or self.redis_url or self.redis_sentinels)
+        return bool(self.redis_host or self.redis_url or self.redis_sentinels or self.redis_cluster_nodes)
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,19 @@ def _check_combinations(settings: Settings) -> None:
         if not settings.redis_sentinel_master:
             raise SettingsError("redis_sentinel_master='' is invalid: allowed values are the master's name "
                                 "(required with redis_sentinels)")
+    if settings.redis_cluster_nodes:
+        for item in settings.redis_cluster_nodes.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise SettingsError(f"redis_cluster_nodes={settings.redis_cluster_nodes!r} is invalid: "
+                                    "allowed values are host:port[,host:port...] (any nodes of the cluster)")
+        if settings.redis_sentinels or settings.redis_sentinel_master:
+            raise SettingsError(f"redis_cluster_nodes={settings.redis_cluster_nodes!r} is invalid: allowed "
+                                "values are cluster nodes without redis_sentinels/redis_sentinel_master "
+                                "(a cluster has no Sentinel)")
+        if settings.redis_db:
+            raise SettingsError(f"redis_db={settings.redis_db!r} is invalid: allowed values are 0 with "
+                                "redis_cluster_nodes (a cluster has database 0 only)")
 
 
 def _first_line(message: str) -> str:

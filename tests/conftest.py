@@ -114,6 +114,101 @@ def redis_prefix(redis_server: dict[str, Any]) -> Iterator[str]:
         client.close()
 
 
+class RedisClusterProcs:
+    """A Redis Cluster of our own on loopback: ``masters`` masters with one
+    replica each, a short node timeout so a replica takes over within a few
+    seconds. Every process is ended by its pid in :meth:`stop`."""
+
+    def __init__(self, folder: Path, masters: int = 3) -> None:
+        self.folder = folder
+        self.ports: list[int] = []
+        while len(self.ports) < 2 * masters:
+            port = free_port()
+            # The cluster bus listens on port + 10000.
+            if port + 10000 <= 65535 and port not in self.ports and _bindable(port + 10000):
+                self.ports.append(port)
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def nodes(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start(self) -> RedisClusterProcs:
+        for port in self.ports:
+            folder = self.folder / str(port)
+            folder.mkdir(parents=True, exist_ok=True)
+            self.procs[port] = subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000", "--save", "",
+                 "--appendonly", "no", "--dir", str(folder), "--logfile", str(folder / "redis.log")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for port in self.ports:
+            _wait_port("127.0.0.1", port)
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                        "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 30
+        while not all(self.ready(port) for port in self.ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis cluster did not become ready")
+            time.sleep(0.2)
+        return self
+
+    def ready(self, port: int) -> bool:
+        return "cluster_state:ok" in str(self.client(port).execute_command("CLUSTER", "INFO"))
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, decode_responses=True, socket_timeout=2)
+
+    def cluster_client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.ports[0], decode_responses=True)
+
+    def kill(self, port: int) -> None:
+        proc = self.procs[port]
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _wait_port(host: str, port: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not _port_open(host, port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on {host}:{port}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcs]:
+    """A 3-master Redis Cluster (with replicas) shared by the session's tests,
+    each of which uses a key prefix of its own."""
+    cluster = RedisClusterProcs(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_prefix() -> str:
+    """A key prefix of this test's own on the session's cluster (which goes
+    with the session; TTLs bound the keys till then)."""
+    return f"t{uuid.uuid4().hex[:10]}:"
+
+
 @pytest.fixture
 def redis_client(redis_server: dict[str, Any]) -> Iterator[redis.Redis]:
     client = redis.Redis(**redis_server, decode_responses=True)
@@ -130,7 +225,7 @@ def wechat() -> Iterator[FakeWeChat]:
 
 
 # -- the service ---------------------------------------------------------------
-STORAGE_KINDS = ["sqlite", "mysql", "redis+sqlite", "redis+mysql"]
+STORAGE_KINDS = ["sqlite", "mysql", "redis+sqlite", "redis+mysql", "redis-cluster+sqlite"]
 
 
 def storage_overrides(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
@@ -139,7 +234,10 @@ def storage_overrides(kind: str, request: pytest.FixtureRequest, tmp_path: Path)
     if "mysql" in kind:
         overrides.update(mysql_host=MYSQL["host"], mysql_port=MYSQL["port"], mysql_username=MYSQL["user"],
                          mysql_password=MYSQL["password"], mysql_database=request.getfixturevalue("mysql_db"))
-    if "redis" in kind:
+    if "redis-cluster" in kind:
+        overrides.update(redis_cluster_nodes=request.getfixturevalue("redis_cluster").nodes,
+                         redis_key_prefix=request.getfixturevalue("redis_cluster_prefix"))
+    elif "redis" in kind:
         overrides.update(redis_host=REDIS["host"], redis_port=REDIS["port"],
                          redis_key_prefix=request.getfixturevalue("redis_prefix"))
     return overrides

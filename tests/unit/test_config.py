@@ -204,7 +204,8 @@ def test_string_settings_keep_exactly_the_text_given(monkeypatch: pytest.MonkeyP
 
 
 CHOICES = {"save_model": "all", "wechat_token_mode": "classic", "log_level": "warning",
-           "redis_url": "redis://cache.internal:6380/2", "redis_sentinels": "sentinel-a:26379,sentinel-b:26379"}
+           "redis_url": "redis://cache.internal:6380/2", "redis_sentinels": "sentinel-a:26379,sentinel-b:26379",
+           "redis_cluster_nodes": "cache-a:7000,cache-b:7001"}
 
 
 def other_value(name: str, default: Any) -> tuple[str, Any]:
@@ -317,6 +318,11 @@ def test_a_missing_settings_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp
     ({"redis_url": "http://cache:6379"}, "redis_url"),
     ({"redis_sentinels": "cache-a,cache-b:26379", "redis_sentinel_master": "m"}, "redis_sentinels"),
     ({"redis_sentinels": "cache-a:26379"}, "redis_sentinel_master"),
+    ({"redis_cluster_nodes": "cache-a:7000,cache-b"}, "redis_cluster_nodes"),
+    ({"redis_cluster_nodes": "cache-a:70000"}, "redis_cluster_nodes"),
+    ({"redis_cluster_nodes": "cache-a:7000", "redis_sentinels": "s:26379", "redis_sentinel_master": "m"},
+     "redis_cluster_nodes"),
+    ({"redis_cluster_nodes": "cache-a:7000", "redis_db": 2}, "redis_db"),
 ])
 def test_redis_connection_settings_are_checked(overrides: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError) as info:
