@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -404,8 +405,6 @@ def test_two_instances_of_two_workers_run_one_scheduler_tick_per_interval(tmp_pa
 
 def _seconds(ts: str) -> float:
     # "2026-12-02T04:25:37.103Z"
-    from datetime import datetime
-
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
