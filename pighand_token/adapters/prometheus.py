@@ -1,9 +1,10 @@
 """Prometheus metrics (prometheus-client).
 
-Under gunicorn every worker writes its samples to files in
-``PROMETHEUS_MULTIPROC_DIR`` (set by gunicorn.conf.py before any worker
-starts) and a scrape of any worker adds them all up; in a single process the
-metrics live in this module's registry. Label values are platforms, appids,
+Served by several workers (``pighand-token serve``, or gunicorn), every
+worker writes its samples to files in ``PROMETHEUS_MULTIPROC_DIR`` (set by
+server.py or gunicorn.conf.py before any worker starts) and a scrape of any
+worker adds them all up; in a single process the metrics live in this
+module's registry. Label values are platforms, appids,
 tiers, routes and error codes: never a token or a secret.
 """
 
