@@ -70,6 +70,9 @@ class Container:
 
 
 def build_database(settings: Settings) -> Database:
+    timeout = min(settings.upstream_timeout, 5.0)
+    if settings.database_url:
+        return Database(url=settings.database_url, connect_timeout=timeout, log_statements=settings.mysql_log)
     if settings.uses_mysql:
         if not re.fullmatch(r"[A-Za-z0-9_$]{1,64}", settings.mysql_database):
             raise SettingsError(
@@ -78,7 +81,7 @@ def build_database(settings: Settings) -> Database:
         return Database(mysql=MySQLParams(
             host=settings.mysql_host, port=settings.mysql_port, user=settings.mysql_username,
             password=settings.mysql_password, database=settings.mysql_database,
-            connect_timeout=min(settings.upstream_timeout, 5.0), log_statements=settings.mysql_log,
+            connect_timeout=timeout, log_statements=settings.mysql_log,
         ))
     return Database(sqlite_path=settings.sqlite_path)
 

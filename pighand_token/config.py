@@ -44,6 +44,7 @@ class Settings:
     mysql_database: str = "pighand_token"
     mysql_log: bool = False
     sqlite_path: str = "instance/pighand.sqlite3"
+    database_url: str = ""
     redis_host: str = ""
     redis_port: int = 6379
     redis_pwd: str = ""
@@ -153,6 +154,7 @@ RULES: dict[str, _Rule] = {
     "mysql_database": _Rule("text"),
     "mysql_log": _Rule("bool"),
     "sqlite_path": _Rule("text"),
+    "database_url": _Rule("text"),
     "redis_host": _Rule("text"),
     "redis_port": _Rule("int", 1, 65535),
     "redis_pwd": _Rule("text"),

@@ -6,8 +6,9 @@ The grant row, not the token tiers, is the truth about a merchant's token:
 the token tiers only cache it. Rotation is one compare-and-set UPDATE on the
 old refresh token, so two writers can never both install a pair made from
 the same refresh token, and a refresh token that was replaced is never read
-back. The table lives in the same SQL store as the credentials and is created
-on first use (no `db init` needed for a deployment that adds Alipay later).
+back. The table lives in the same SQL store as the credentials; a migration
+creates it (run on first use, so no `db upgrade` is needed for a deployment
+that adds Alipay later).
 
 With a cipher (secrets at rest), both tokens are stored encrypted; the
 compare-and-set then compares the stored ciphertext the row was read with,
@@ -16,7 +17,6 @@ since encrypting the same refresh token twice gives different text.
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Protocol
 
 from ..core.domain import Grant
@@ -36,31 +36,6 @@ ENCRYPTED_COLUMNS.extend([
     (TABLE, ("app_id", "auth_app_id"), "app_refresh_token"),
 ])
 
-SCHEMA = {
-    "mysql": f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-        app_id VARCHAR(64) NOT NULL,
-        auth_app_id VARCHAR(64) NOT NULL,
-        app_auth_token TEXT NOT NULL,
-        app_refresh_token TEXT NOT NULL,
-        expires_at DOUBLE NOT NULL,
-        refresh_expires_at DOUBLE NULL,
-        user_id VARCHAR(64) NULL,
-        updated_at DOUBLE NOT NULL,
-        PRIMARY KEY (app_id, auth_app_id)
-    ) DEFAULT CHARSET=utf8mb4""",
-    "sqlite": f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-        app_id TEXT NOT NULL,
-        auth_app_id TEXT NOT NULL,
-        app_auth_token TEXT NOT NULL,
-        app_refresh_token TEXT NOT NULL,
-        expires_at REAL NOT NULL,
-        refresh_expires_at REAL NULL,
-        user_id TEXT NULL,
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (app_id, auth_app_id)
-    )""",
-}
-
 _COLUMNS = ("app_id, auth_app_id, app_auth_token, app_refresh_token, expires_at, refresh_expires_at, "
             "user_id, updated_at")
 
@@ -71,25 +46,13 @@ class SqlGrantStore:
     def __init__(self, db: Database, cipher: SecretBox | None = None) -> None:
         self._db = db
         self._cipher = cipher
-        self._ready = False
-        self._mutex = threading.Lock()
-
-    def _ensure(self) -> None:
-        if self._ready:
-            return
-        with self._mutex:
-            if not self._ready:
-                self._db.execute(SCHEMA[self._db.dialect])
-                self._ready = True
 
     def get(self, app_id: str, auth_app_id: str) -> Grant | None:
-        self._ensure()
         rows, _ = self._db.execute(
             f"SELECT {_COLUMNS} FROM {TABLE} WHERE app_id = ? AND auth_app_id = ?", (app_id, auth_app_id))
         return self._open(rows[0]) if rows else None
 
     def list(self, app_id: str) -> list[Grant]:
-        self._ensure()
         rows, _ = self._db.execute(
             f"SELECT {_COLUMNS} FROM {TABLE} WHERE app_id = ? ORDER BY auth_app_id", (app_id,))
         return [self._open(r) for r in rows]
@@ -97,11 +60,10 @@ class SqlGrantStore:
     def save(self, grant: Grant) -> None:
         """Insert or replace a merchant's grant (a new authorization supersedes
         whatever pair was stored)."""
-        self._ensure()
         params = (grant.app_id, grant.auth_app_id, self._seal(grant.app_auth_token),
                   self._seal(grant.app_refresh_token), grant.expires_at, grant.refresh_expires_at, grant.user_id,
                   grant.updated_at)
-        if self._db.dialect == "sqlite":
+        if self._db.upserts_on_conflict:
             self._db.execute(
                 f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (app_id, auth_app_id) DO UPDATE SET app_auth_token = excluded.app_auth_token, "
@@ -119,7 +81,6 @@ class SqlGrantStore:
     def rotate(self, current: Grant, new: Grant) -> bool:
         """Install ``new`` only if the row still holds ``current``'s refresh
         token; False when another writer (a new authorization) got there first."""
-        self._ensure()
         old = current.stored_refresh or current.app_refresh_token
         _, count = self._db.execute(
             f"UPDATE {TABLE} SET app_auth_token = ?, app_refresh_token = ?, expires_at = ?, "
@@ -130,7 +91,6 @@ class SqlGrantStore:
         return count == 1
 
     def remove(self, app_id: str, auth_app_id: str) -> bool:
-        self._ensure()
         _, count = self._db.execute(
             f"DELETE FROM {TABLE} WHERE app_id = ? AND auth_app_id = ?", (app_id, auth_app_id))
         return count > 0

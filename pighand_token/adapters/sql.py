@@ -1,10 +1,18 @@
-"""SQL adapters for MySQL (pymysql) and the embedded SQLite default.
+"""SQL adapters on SQLAlchemy Core: MySQL/MariaDB (pymysql), PostgreSQL
+(psycopg 3) and the embedded SQLite default.
 
-Both dialects share the queries below; the few places they differ (upsert
-syntax, placeholders, named locks) are in :class:`Dialect`. A connection is
-opened per thread on first use (pymysql and sqlite3 connections are not
-thread-safe), never at import time, and the tables are created on the first
-connection a process makes.
+One engine per process, created on first use (never at import, and again in
+a process forked after it was made, so no pooled connection is shared
+between processes), with a pool that pings a connection before handing it
+out and recycles it before a server's idle timeout closes it. The schema is
+the Alembic migrations' (``pighand_token.migrations``), upgraded to head on a
+process's first use.
+
+The queries are written once with ``?`` placeholders; the few places the
+dialects differ (upsert syntax, named locks) look at :attr:`Database.dialect`.
+Driver errors leave this module as :class:`Unavailable` (or
+:class:`DuplicateKey`) carrying the driver's reason, never the statement, its
+parameters or the URL's password.
 """
 
 from __future__ import annotations
@@ -13,7 +21,6 @@ import builtins
 import hashlib
 import logging
 import os
-import sqlite3
 import threading
 import time
 import uuid
@@ -23,155 +30,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pymysql
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine.url import URL
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 
 from ..core.crypto import Cipher, is_encrypted
 from ..core.domain import AuditEntry, Client, Cooldown, Credential, Token, TokenKey
-from ..core.errors import Conflict, Unavailable
+from ..core.errors import Conflict, SettingsError, Unavailable
 from ..core.ports import Clock, LocalTokenCache
 from .follower import Follower
 
 log = logging.getLogger(__name__)
 
 ER_BAD_DB_ERROR = 1049  # MySQL: unknown database
+PG_INVALID_CATALOG = "3D000"  # PostgreSQL: database does not exist
+PG_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout ran out
 
-# Table `platform` keeps the original service's name and columns, so rows an
-# existing deployment already has are read unchanged.
-SCHEMA = {
-    "mysql": [
-        """CREATE TABLE IF NOT EXISTS platform (
-            id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-            platform VARCHAR(32) NOT NULL,
-            appid VARCHAR(128) NOT NULL,
-            secret TEXT NOT NULL,
-            created_at DATETIME NULL DEFAULT CURRENT_TIMESTAMP,
-            updated_at DATETIME NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
-            UNIQUE KEY uq_platform_appid (platform, appid)
-        ) DEFAULT CHARSET=utf8mb4""",
-        """CREATE TABLE IF NOT EXISTS token (
-            platform VARCHAR(32) NOT NULL,
-            appid VARCHAR(128) NOT NULL,
-            value TEXT NOT NULL,
-            expires_at DOUBLE NOT NULL,
-            fetched_at DOUBLE NOT NULL,
-            final TINYINT NOT NULL DEFAULT 0,
-            PRIMARY KEY (platform, appid),
-            KEY ix_token_fetched_at (fetched_at)
-        ) DEFAULT CHARSET=utf8mb4""",
-        """CREATE TABLE IF NOT EXISTS pighand_lock (
-            name VARCHAR(191) NOT NULL PRIMARY KEY,
-            owner VARCHAR(64) NOT NULL,
-            expires_at DOUBLE NOT NULL
-        ) DEFAULT CHARSET=utf8mb4""",
-        """CREATE TABLE IF NOT EXISTS refresh_failure (
-            platform VARCHAR(32) NOT NULL,
-            appid VARCHAR(128) NOT NULL,
-            failures INT NOT NULL,
-            until DOUBLE NOT NULL,
-            errcode VARCHAR(64) NULL,
-            message TEXT NOT NULL,
-            PRIMARY KEY (platform, appid)
-        ) DEFAULT CHARSET=utf8mb4""",
-        """CREATE TABLE IF NOT EXISTS client (
-            name VARCHAR(64) NOT NULL PRIMARY KEY,
-            key_hash CHAR(64) NOT NULL,
-            scopes TEXT NOT NULL,
-            created_at DOUBLE NOT NULL,
-            last_used_at DOUBLE NULL,
-            UNIQUE KEY uq_client_key_hash (key_hash)
-        ) DEFAULT CHARSET=utf8mb4""",
-        """CREATE TABLE IF NOT EXISTS audit_log (
-            id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-            at DOUBLE NOT NULL,
-            client VARCHAR(64) NULL,
-            action VARCHAR(32) NOT NULL,
-            platform VARCHAR(32) NULL,
-            appid VARCHAR(128) NULL,
-            outcome VARCHAR(255) NOT NULL,
-            request_id VARCHAR(64) NULL,
-            remote_addr VARCHAR(64) NULL
-        ) DEFAULT CHARSET=utf8mb4""",
-        """CREATE TABLE IF NOT EXISTS pighand_counter (
-            name VARCHAR(191) NOT NULL,
-            window_start DOUBLE NOT NULL,
-            count INT NOT NULL,
-            PRIMARY KEY (name, window_start)
-        ) DEFAULT CHARSET=utf8mb4""",
-    ],
-    "sqlite": [
-        """CREATE TABLE IF NOT EXISTS platform (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            platform TEXT NOT NULL,
-            appid TEXT NOT NULL,
-            secret TEXT NOT NULL,
-            created_at TEXT DEFAULT CURRENT_TIMESTAMP,
-            updated_at TEXT DEFAULT CURRENT_TIMESTAMP,
-            UNIQUE (platform, appid)
-        )""",
-        """CREATE TABLE IF NOT EXISTS token (
-            platform TEXT NOT NULL,
-            appid TEXT NOT NULL,
-            value TEXT NOT NULL,
-            expires_at REAL NOT NULL,
-            fetched_at REAL NOT NULL,
-            final INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (platform, appid)
-        )""",
-        "CREATE INDEX IF NOT EXISTS ix_token_fetched_at ON token (fetched_at)",
-        """CREATE TABLE IF NOT EXISTS pighand_lock (
-            name TEXT NOT NULL PRIMARY KEY,
-            owner TEXT NOT NULL,
-            expires_at REAL NOT NULL
-        )""",
-        """CREATE TABLE IF NOT EXISTS refresh_failure (
-            platform TEXT NOT NULL,
-            appid TEXT NOT NULL,
-            failures INTEGER NOT NULL,
-            until REAL NOT NULL,
-            errcode TEXT NULL,
-            message TEXT NOT NULL,
-            PRIMARY KEY (platform, appid)
-        )""",
-        """CREATE TABLE IF NOT EXISTS client (
-            name TEXT NOT NULL PRIMARY KEY,
-            key_hash TEXT NOT NULL UNIQUE,
-            scopes TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            last_used_at REAL NULL
-        )""",
-        """CREATE TABLE IF NOT EXISTS audit_log (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            at REAL NOT NULL,
-            client TEXT NULL,
-            action TEXT NOT NULL,
-            platform TEXT NULL,
-            appid TEXT NULL,
-            outcome TEXT NOT NULL,
-            request_id TEXT NULL,
-            remote_addr TEXT NULL
-        )""",
-        """CREATE TABLE IF NOT EXISTS pighand_counter (
-            name TEXT NOT NULL,
-            window_start REAL NOT NULL,
-            count INTEGER NOT NULL,
-            PRIMARY KEY (name, window_start)
-        )""",
-    ],
-}
+# A pooled connection is replaced after this long, before MySQL's
+# wait_timeout (or a proxy's idle timeout) closes it under us.
+POOL_RECYCLE_S = 1800
+DIALECTS = {"mysql": "MySQL", "mariadb": "MySQL", "postgresql": "PostgreSQL", "sqlite": "SQLite"}
+# The driver each dialect uses when a URL names none.
+DRIVERS = {"mysql": "pymysql", "mariadb": "pymysql", "postgresql": "psycopg", "sqlite": "pysqlite"}
 
-# Columns an older `platform` table may lack; added by `db init`.
-TIMESTAMP_COLUMNS = {
-    "mysql": {
-        "created_at": "DATETIME NULL DEFAULT CURRENT_TIMESTAMP",
-        "updated_at": "DATETIME NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP",
-    },
-    "sqlite": {"created_at": "TEXT", "updated_at": "TEXT"},
-}
 
-# Indexes a table made by an earlier version may lack (SQLite's schema above
-# adds them itself, with IF NOT EXISTS, which MySQL does not have): the
-# token-change follower asks for recently fetched tokens several times a second.
-INDEXES = {"token": {"ix_token_fetched_at": "fetched_at"}}
+class DuplicateKey(Conflict):
+    """An INSERT met a row with the same key (another writer got there first)."""
 
 
 @dataclass(frozen=True)
@@ -185,15 +72,50 @@ class MySQLParams:
     log_statements: bool = False
 
 
-class Database:
-    """A per-thread connection to MySQL or SQLite, with the schema ensured."""
+def database_url(url: str) -> URL:
+    """``url`` parsed, with our driver for a dialect it names without one;
+    SettingsError (naming ``database_url``, never its password) otherwise."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise SettingsError("database_url is invalid: expected a URL such as "
+                            "postgresql://user:password@host:5432/name") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend not in DIALECTS:
+        raise SettingsError(f"database_url names dialect {backend!r}: allowed values are "
+                            "mysql, mariadb, postgresql, sqlite")
+    if not driver:
+        parsed = parsed.set(drivername=f"{backend}+{DRIVERS[backend]}")
+    if backend != "sqlite" and not parsed.database:
+        raise SettingsError("database_url names no database (the path after host:port/)")
+    return parsed
 
-    def __init__(self, *, sqlite_path: str | None = None, mysql: MySQLParams | None = None) -> None:
-        if (sqlite_path is None) == (mysql is None):
-            raise ValueError("give exactly one of sqlite_path or mysql")
-        self.dialect = "mysql" if mysql else "sqlite"
-        self._sqlite_path = sqlite_path
-        self._mysql = mysql
+
+class Database:
+    """The SQL store: one lazily made engine per process, the schema upgraded
+    to the migrations' head on first use."""
+
+    def __init__(self, *, sqlite_path: str | None = None, mysql: MySQLParams | None = None,
+                 url: str | URL | None = None, connect_timeout: float = 3.0,
+                 log_statements: bool = False) -> None:
+        if sum(x is not None for x in (sqlite_path, mysql, url)) != 1:
+            raise ValueError("give exactly one of sqlite_path, mysql or url")
+        if mysql is not None:
+            self.url = URL.create("mysql+pymysql", username=mysql.user, password=mysql.password or None,
+                                  host=mysql.host, port=mysql.port, database=mysql.database)
+            connect_timeout, log_statements = mysql.connect_timeout, mysql.log_statements
+        elif sqlite_path is not None:
+            self.url = URL.create("sqlite+pysqlite", database=sqlite_path)
+        else:
+            assert url is not None
+            self.url = database_url(url) if isinstance(url, str) else url
+        backend = self.url.get_backend_name()
+        self.dialect = "mysql" if backend == "mariadb" else backend
+        self._connect_timeout = connect_timeout
+        self._log_statements = log_statements
+        self._engine: Engine | None = None
+        self._pid = 0
+        self._engine_mutex = threading.Lock()
         self._local = threading.local()
         self._schema_ready = False
         self._schema_mutex = threading.Lock()
@@ -201,202 +123,301 @@ class Database:
 
     @property
     def description(self) -> str:
-        if self._mysql:
-            return f"MySQL {self._mysql.host}:{self._mysql.port}/{self._mysql.database}"
-        return f"SQLite {self._sqlite_path}"
+        name = DIALECTS[self.url.get_backend_name()]
+        if self.dialect == "sqlite":
+            return f"{name} {self.url.database}"
+        return f"{name} {self.url.host}:{self.url.port or ''}/{self.url.database}"
 
-    # -- connections -------------------------------------------------------
-    def _connect(self) -> Any:
-        if self._mysql:
-            p = self._mysql
-            options: dict[str, Any] = dict(
-                host=p.host, port=p.port, user=p.user, password=p.password, autocommit=True,
-                charset="utf8mb4", connect_timeout=p.connect_timeout, read_timeout=30, write_timeout=30,
-            )
-            try:
-                try:
-                    return pymysql.connect(database=p.database, **options)
-                except pymysql.OperationalError as exc:
-                    if exc.args[0] != ER_BAD_DB_ERROR:
-                        raise
-                # First start against a fresh server: create the database.
-                bare = pymysql.connect(**options)
-                with bare.cursor() as cur:
-                    cur.execute(f"CREATE DATABASE IF NOT EXISTS `{p.database}` CHARACTER SET utf8mb4")
-                bare.close()
-                return pymysql.connect(database=p.database, **options)
-            except pymysql.MySQLError as exc:
-                raise Unavailable(f"cannot connect to {self.description}: {_mysql_reason(exc)}") from None
-        assert self._sqlite_path is not None
-        path = Path(self._sqlite_path)
-        if str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
+    @property
+    def upserts_on_conflict(self) -> bool:
+        """PostgreSQL and SQLite write ``ON CONFLICT``; MySQL ``ON DUPLICATE KEY``."""
+        return self.dialect != "mysql"
+
+    # -- the engine --------------------------------------------------------
+    def engine(self) -> Engine:
+        engine, pid = self._engine, os.getpid()
+        if engine is not None and self._pid == pid:
+            return engine
+        with self._engine_mutex:
+            if self._engine is not None and self._pid != pid:
+                # Made before this process was forked: the parent owns its
+                # connections; drop them here without closing them.
+                self._engine.dispose(close=False)
+                self._engine = None
+            if self._engine is None:
+                self._engine = self._create_engine()
+                self._pid = pid
+            return self._engine
+
+    def _create_engine(self) -> Engine:
+        options: dict[str, Any] = dict(
+            # Statements commit on their own; transaction() opens one
+            # explicitly (BEGIN IMMEDIATE on SQLite, to take the write lock
+            # up front), so no pooled connection is returned mid-transaction
+            # and the pool needs no ROLLBACK round trip per checkin.
+            isolation_level="AUTOCOMMIT", pool_reset_on_return=None, hide_parameters=True,
+            pool_pre_ping=True, pool_recycle=POOL_RECYCLE_S,
+        )
+        if self.dialect == "sqlite":
+            path = self.url.database or ""
+            memory = path in ("", ":memory:")
+            if not memory:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            options.update(connect_args={"timeout": 15, "check_same_thread": False})
+            if memory:
+                options.update(poolclass=StaticPool)
+            else:
+                options.update(pool_size=8, max_overflow=32, pool_timeout=15)
+            engine = sa.create_engine(self.url, **options)
+
+            @event.listens_for(engine, "connect")
+            def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA busy_timeout=15000")
+                cursor.close()
+                _owner_only(path)
+
+            return engine
+        options.update(pool_size=8, max_overflow=32, pool_timeout=15)
+        if self.dialect == "mysql":
+            # client_flag 0: SQLAlchemy would set FOUND_ROWS, and the upserts
+            # read the rows *changed* (0 when a newer token was kept).
+            options.update(connect_args={"connect_timeout": self._connect_timeout, "read_timeout": 30,
+                                         "write_timeout": 30, "client_flag": 0, "charset": "utf8mb4"})
+        else:
+            options.update(connect_args={"connect_timeout": max(1, round(self._connect_timeout))})
+        return sa.create_engine(self.url, **options)
+
+    def _failure(self, exc: SQLAlchemyError, doing: str = "unavailable") -> Unavailable | DuplicateKey:
+        orig = getattr(exc, "orig", None)
+        reason = _reason(orig) if orig is not None else type(exc).__name__
+        if isinstance(exc, IntegrityError):
+            return DuplicateKey(f"{self.description}: {reason}")
+        return Unavailable(f"{self.description} {doing}: {reason}")
+
+    def connect(self, *, migrate: bool = True) -> Connection:
+        """A pooled connection (the caller closes it); the schema is upgraded
+        first unless ``migrate`` is False. Unavailable if the store is down."""
+        if migrate and not self._schema_ready:
+            self._ensure_schema()
         try:
-            conn = sqlite3.connect(str(path), timeout=15, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=15000")
-        except sqlite3.Error as exc:
-            raise Unavailable(f"cannot open {self.description}: {exc}") from None
-        _owner_only(str(path))
-        return conn
+            return self.engine().connect()
+        except SQLAlchemyError as exc:
+            raise self._failure(exc, "unavailable") from None
 
-    def _conn(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-            if not self._schema_ready:
-                self._create_schema(conn)
-        return conn
+    def _ensure_schema(self) -> None:
+        from .. import migrations
 
-    def _drop_conn(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - the connection is already broken
-                pass
-
-    def _create_schema(self, conn: Any) -> None:
         with self._schema_mutex:
             if self._schema_ready:
                 return
-            cur = conn.cursor()
-            for statement in SCHEMA[self.dialect]:
-                cur.execute(statement)
-            self._upgraded = self._upgrade()
+            self._create_database_if_missing()
+            self._upgraded = migrations.upgrade(self)
             self._schema_ready = True
 
+    def _create_database_if_missing(self) -> None:
+        """First start against a fresh MySQL or PostgreSQL server: create the database."""
+        if self.dialect == "sqlite":
+            return
+        try:
+            self.engine().connect().close()
+            return
+        except DBAPIError as exc:
+            orig = exc.orig
+            # psycopg gives no SQLSTATE for a refused connection, only the
+            # server's message.
+            missing = (_error_code(orig) == ER_BAD_DB_ERROR if self.dialect == "mysql"
+                       else getattr(orig, "sqlstate", None) == PG_INVALID_CATALOG
+                       or f'database "{self.url.database}" does not exist' in str(orig))
+            if not missing:
+                raise self._failure(exc, "unavailable") from None
+        except SQLAlchemyError as exc:
+            raise self._failure(exc, "unavailable") from None
+        name = str(self.url.database)
+        if self.dialect == "mysql":
+            server = self.url._replace(database=None)
+            ddl = f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4"
+        else:
+            if '"' in name:
+                raise SettingsError(f"database name {name!r} is invalid: it may not contain a double quote")
+            server, ddl = self.url.set(database="postgres"), f'CREATE DATABASE "{name}"'
+        bare = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool,
+                                connect_args=self._server_connect_args())
+        try:
+            with bare.connect() as conn:
+                conn.exec_driver_sql(ddl)
+        except IntegrityError:
+            pass  # PostgreSQL: another worker created it at the same moment
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "42P04":  # duplicate_database
+                raise self._failure(exc, "unavailable") from None
+        except SQLAlchemyError as exc:
+            raise self._failure(exc, "unavailable") from None
+        finally:
+            bare.dispose()
+
+    def _server_connect_args(self) -> dict[str, Any]:
+        if self.dialect == "mysql":
+            return {"connect_timeout": self._connect_timeout, "client_flag": 0}
+        return {"connect_timeout": max(1, round(self._connect_timeout))}
+
     def close(self) -> None:
-        self._drop_conn()
+        with self._engine_mutex:
+            if self._engine is not None:
+                self._engine.dispose(close=self._pid == os.getpid())
+                self._engine = None
 
     # -- statements --------------------------------------------------------
     def _sql(self, statement: str) -> str:
-        # Queries are written with '?' placeholders; pymysql wants '%s'.
-        return statement.replace("?", "%s") if self.dialect == "mysql" else statement
+        # Queries are written with '?' placeholders; pymysql and psycopg want '%s'.
+        return statement if self.dialect == "sqlite" else statement.replace("?", "%s")
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> tuple[list[tuple[Any, ...]], int]:
-        """Run one statement; return (rows, rowcount). Retries once on a
-        dropped connection (MySQL closes idle ones), else Unavailable."""
+        """Run one statement; return (rows, rowcount). A connection found
+        dropped is replaced once; a store that stays down is Unavailable."""
         sql = self._sql(statement)
-        if self._mysql and self._mysql.log_statements:
+        if self._log_statements:
             log.info("sql: %s", sql)
-        for attempt in (1, 2):
+        conn: Connection | None = getattr(self._local, "tx", None)
+        if conn is not None:
             try:
-                cur = self._conn().cursor()
-                cur.execute(sql, tuple(params))
-                rows = list(cur.fetchall()) if cur.description else []
-                return rows, cur.rowcount
-            except (pymysql.OperationalError, pymysql.InterfaceError) as exc:
-                self._drop_conn()
-                if attempt == 2:
-                    raise Unavailable(f"{self.description} unavailable: {_mysql_reason(exc)}") from None
-            except sqlite3.OperationalError as exc:
-                raise Unavailable(f"{self.description} unavailable: {exc}") from None
+                return _run(conn, sql, params)
+            except SQLAlchemyError as exc:
+                raise self._failure(exc) from None
+        for attempt in (1, 2):
+            with self.connect() as conn:
+                try:
+                    return _run(conn, sql, params)
+                except DBAPIError as exc:
+                    if attempt == 1 and exc.connection_invalidated:
+                        continue
+                    raise self._failure(exc) from None
+                except SQLAlchemyError as exc:
+                    raise self._failure(exc) from None
         raise AssertionError("unreachable")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """All statements inside commit together or not at all."""
+        """All statements inside commit together or not at all (a
+        transaction opened inside another is part of it)."""
+        if getattr(self._local, "tx", None) is not None:
+            yield
+            return
+        conn = self.connect()
         try:
-            conn = self._conn()
-            if self.dialect == "sqlite":
-                conn.execute("BEGIN IMMEDIATE")
-            else:
-                conn.begin()
-        except (pymysql.MySQLError, sqlite3.Error) as exc:
-            self._drop_conn()
-            raise Unavailable(f"{self.description} unavailable: {exc}") from None
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+        except SQLAlchemyError as exc:
+            conn.close()
+            raise self._failure(exc) from None
+        self._local.tx = conn
         try:
             yield
         except BaseException:
             try:
-                conn.rollback()
-            except (pymysql.MySQLError, sqlite3.Error):
-                self._drop_conn()
+                conn.exec_driver_sql("ROLLBACK")
+            except SQLAlchemyError:
+                conn.invalidate()
             raise
         else:
-            conn.commit()
+            try:
+                conn.exec_driver_sql("COMMIT")
+            except SQLAlchemyError as exc:
+                conn.invalidate()
+                raise self._failure(exc) from None
+        finally:
+            self._local.tx = None
+            conn.close()
+
+    @contextmanager
+    def named_lock(self, name: str, *, wait_s: float) -> Iterator[bool]:
+        """MySQL ``GET_LOCK`` or a PostgreSQL advisory lock, held on a
+        connection of its own until the block ends. The server frees either
+        the moment that connection dies, so a killed worker never blocks the
+        others."""
+        assert self.dialect in ("mysql", "postgresql")
+        conn = self.connect()
+        acquired = False
+        try:
+            try:
+                acquired = self._lock(conn, name, wait_s)
+            except SQLAlchemyError as exc:
+                conn.invalidate()
+                raise self._failure(exc) from None
+            yield acquired
+        finally:
+            if acquired:
+                try:
+                    if self.dialect == "mysql":
+                        conn.exec_driver_sql("SELECT RELEASE_LOCK(%s)", (_mysql_lock_name(name),))
+                    else:
+                        conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (_pg_lock_key(name),))
+                except SQLAlchemyError:
+                    # The connection is gone, and with it the lock; never
+                    # pool a connection that may still hold it.
+                    conn.invalidate()
+            conn.close()
+
+    def _lock(self, conn: Connection, name: str, wait_s: float) -> bool:
+        if self.dialect == "mysql":
+            got = conn.exec_driver_sql("SELECT GET_LOCK(%s, %s)", (_mysql_lock_name(name), max(0.0, wait_s)))
+            return bool(got.scalar() == 1)
+        key = _pg_lock_key(name)
+        if conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)", (key,)).scalar():
+            return True
+        if wait_s <= 0:
+            return False
+        # Wait in the server (no polling): lock_timeout bounds the wait.
+        conn.exec_driver_sql("SELECT set_config('lock_timeout', %s, false)", (f"{max(1, int(wait_s * 1000))}ms",))
+        try:
+            conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (key,))
+            return True
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != PG_LOCK_NOT_AVAILABLE:
+                raise
+            return False
+        finally:
+            conn.exec_driver_sql("SELECT set_config('lock_timeout', '0', false)")
 
     def init_schema(self) -> list[str]:
-        """Create missing tables and add the timestamp columns an original
-        `platform` table lacks and the indexes an earlier version's tables
-        lack (done on a process's first connection too). Idempotent. Returns
-        what it changed."""
-        self._conn()
-        return self._upgraded + self._upgrade()
+        """Upgrade the schema to the migrations' head (done on a process's
+        first use too). Idempotent. Returns what the upgrade added to tables
+        an earlier version (or the original service) made."""
+        from .. import migrations
 
-    def _upgrade(self) -> list[str]:
-        return self._add_missing_columns() + self._add_missing_indexes()
-
-    def _add_missing_columns(self) -> list[str]:
-        changed: list[str] = []
-        existing = self._columns("platform")
-        for column, ddl in TIMESTAMP_COLUMNS[self.dialect].items():
-            if column not in existing:
-                try:
-                    self.execute(f"ALTER TABLE platform ADD COLUMN {column} {ddl}")
-                except (Unavailable, pymysql.MySQLError):
-                    # Another worker starting at the same moment added it first.
-                    if column not in self._columns("platform"):
-                        raise
-                    continue
-                changed.append(f"platform.{column}")
-        return changed
-
-    def _add_missing_indexes(self) -> list[str]:
-        if self.dialect != "mysql":
-            return []
-        changed: list[str] = []
-        for table, indexes in INDEXES.items():
-            for name, columns in indexes.items():
-                if name in self._indexes(table):
-                    continue
-                try:
-                    self.execute(f"CREATE INDEX {name} ON {table} ({columns})")
-                except (Unavailable, pymysql.MySQLError):
-                    # Another worker starting at the same moment added it first.
-                    if name not in self._indexes(table):
-                        raise
-                    continue
-                changed.append(f"{table}.{name}")
-        return changed
-
-    def _indexes(self, table: str) -> set[str]:
-        rows, _ = self.execute(
-            "SELECT DISTINCT index_name FROM information_schema.statistics "
-            "WHERE table_schema = DATABASE() AND table_name = ?", (table,))
-        return {r[0].lower() for r in rows}
-
-    def _columns(self, table: str) -> set[str]:
-        if self.dialect == "sqlite":
-            rows, _ = self.execute(f"PRAGMA table_info({table})")
-            return {r[1] for r in rows}
-        rows, _ = self.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?",
-            (table,),
-        )
-        return {r[0].lower() for r in rows}
+        first = not self._schema_ready
+        self._ensure_schema()
+        return self._upgraded if first else self._upgraded + migrations.upgrade(self)
 
     def ping(self) -> None:
         self.execute("SELECT 1")
 
     def has_table(self, table: str) -> bool:
-        if self.dialect == "sqlite":
-            rows, _ = self.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
-        else:
-            rows, _ = self.execute(
-                "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
-                (table,))
-        return bool(rows)
+        with self.connect() as conn:
+            try:
+                return bool(sa.inspect(conn).has_table(table))
+            except SQLAlchemyError as exc:
+                raise self._failure(exc) from None
 
 
-def _mysql_reason(exc: BaseException) -> str:
+def _run(conn: Connection, sql: str, params: Sequence[Any]) -> tuple[list[tuple[Any, ...]], int]:
+    result = conn.exec_driver_sql(sql, tuple(params)) if params else conn.exec_driver_sql(sql)
+    rows = [tuple(r) for r in result] if result.returns_rows else []
+    return rows, result.rowcount
+
+
+def _error_code(exc: BaseException | None) -> Any:
     args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
-    if len(args) >= 2:
+    return args[0] if args else None
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's own words, first line only (psycopg adds hints below)."""
+    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
+    if len(args) >= 2 and isinstance(args[0], int):
         return f"({args[0]}) {args[1]}"
-    return str(exc) or type(exc).__name__
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _now_text() -> str:
@@ -490,7 +511,7 @@ class SqlTokenStore:
     def put(self, key: TokenKey, token: Token) -> bool:
         value = self._cipher.encrypt(token.value) if self._cipher else token.value
         params = (key.platform, key.appid, value, token.expires_at, token.fetched_at, int(token.final))
-        if self._db.dialect == "sqlite":
+        if self._db.upserts_on_conflict:
             _, count = self._db.execute(
                 "INSERT INTO token (platform, appid, value, expires_at, fetched_at, final) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (platform, appid) DO UPDATE SET value = excluded.value, "
@@ -586,7 +607,7 @@ class SqlCooldowns:
     def record(self, key: TokenKey, cooldown: Cooldown) -> None:
         errcode = None if cooldown.errcode is None else str(cooldown.errcode)
         params = (key.platform, key.appid, cooldown.failures, cooldown.until, errcode, cooldown.message)
-        if self._db.dialect == "sqlite":
+        if self._db.upserts_on_conflict:
             self._db.execute(
                 "INSERT INTO refresh_failure (platform, appid, failures, until, errcode, message) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (platform, appid) DO UPDATE SET "
@@ -615,10 +636,12 @@ def _errcode(raw: Any) -> int | str | None:
 class SqlLocks:
     """Cross-process locks kept in the SQL store (used when there is no Redis).
 
-    MySQL: ``GET_LOCK``, which the server frees the moment the holder's
-    connection dies, so a killed worker never blocks the others. SQLite: a
-    lease row in ``pighand_lock`` taken with a conditional upsert; a crashed
-    holder's row is taken over once its lease has run out.
+    MySQL: ``GET_LOCK``; PostgreSQL: an advisory lock. The server frees
+    either the moment the holder's connection dies, so a killed worker never
+    blocks the others. SQLite: a lease row in ``pighand_lock`` taken with a
+    conditional upsert; a crashed holder's row is taken over once its lease
+    has run out. ``claim`` (a lease that outlives the caller) is the lease row
+    on every dialect.
     """
 
     POLL_S = 0.02
@@ -629,19 +652,9 @@ class SqlLocks:
 
     @contextmanager
     def hold(self, name: str, *, lease_s: float, wait_s: float) -> Iterator[bool]:
-        if self._db.dialect == "mysql":
-            lock_name = _mysql_lock_name(name)
-            rows, _ = self._db.execute("SELECT GET_LOCK(?, ?)", (lock_name, max(0.0, wait_s)))
-            acquired = bool(rows and rows[0][0] == 1)
-            try:
+        if self._db.dialect != "sqlite":
+            with self._db.named_lock(name, wait_s=wait_s) as acquired:
                 yield acquired
-            finally:
-                if acquired:
-                    try:
-                        self._db.execute("SELECT RELEASE_LOCK(?)", (lock_name,))
-                    except Unavailable:
-                        # The connection is gone, and with it the lock.
-                        pass
             return
         owner = uuid.uuid4().hex
         deadline = time.monotonic() + wait_s
@@ -661,7 +674,7 @@ class SqlLocks:
     def _try_lease(self, name: str, owner: str, lease_s: float) -> bool:
         now = self._clock()
         expires_at = now + lease_s
-        if self._db.dialect == "sqlite":
+        if self._db.upserts_on_conflict:
             _, count = self._db.execute(
                 "INSERT INTO pighand_lock (name, owner, expires_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
@@ -686,6 +699,11 @@ def _mysql_lock_name(name: str) -> str:
     if len(full) <= 64:
         return full
     return "pighand:" + hashlib.sha256(name.encode()).hexdigest()[:48]
+
+
+def _pg_lock_key(name: str) -> int:
+    # Advisory locks are keyed by one signed 64-bit number.
+    return int.from_bytes(hashlib.sha256(f"pighand:{name}".encode()).digest()[:8], "big", signed=True)
 
 
 def _owner_only(path: str) -> None:
@@ -765,7 +783,7 @@ class SqlCounters:
                 self._db.execute("INSERT INTO pighand_counter (name, window_start, count) VALUES (?, ?, 1)",
                                  (name, window_start))
                 return None
-            except (Unavailable, pymysql.MySQLError, sqlite3.Error):
+            except (Unavailable, DuplicateKey):
                 continue  # another worker inserted the window first: count again
         return max(0.0, window_end - now)
 
