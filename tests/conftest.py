@@ -1,5 +1,5 @@
-"""Shared fixtures: real MariaDB and Redis (started if they are down), a
-fresh database / Redis key prefix per test, fake platforms over HTTP, and
+"""Shared fixtures: real MariaDB, PostgreSQL and Redis (started if they are
+down), a fresh database / Redis key prefix per test, fake platforms over HTTP, and
 server processes (the shipped one, and gunicorn)."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pymysql
 import pytest
 import redis
@@ -33,6 +34,11 @@ if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 REDIS = {"host": "127.0.0.1", "port": 6379}
+POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+
+
+def postgres_url(database: str) -> str:
+    return f"postgresql://{POSTGRES['user']}@{POSTGRES['host']}:{POSTGRES['port']}/{database}"
 
 
 # -- services ------------------------------------------------------------------
@@ -68,6 +74,14 @@ def mariadb_server() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def postgres_server() -> dict[str, Any]:
+    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else ["15"]
+    _ensure("PostgreSQL", POSTGRES["host"], int(POSTGRES["port"]),
+            ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start"])
+    return POSTGRES
+
+
+@pytest.fixture(scope="session")
 def redis_server() -> dict[str, Any]:
     _ensure("Redis", REDIS["host"], REDIS["port"],
             ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
@@ -98,6 +112,25 @@ def mysql_rows(database: str, query: str, params: tuple[Any, ...] = ()) -> list[
             return list(cur.fetchall())
     finally:
         conn.close()
+
+
+@pytest.fixture
+def pg_db(postgres_server: dict[str, Any]) -> Iterator[str]:
+    """A PostgreSQL database of this test's own, dropped afterwards."""
+    name = f"pighand_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(**postgres_server, dbname="postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with psycopg.connect(**postgres_server, dbname="postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pg_rows(database: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(**POSTGRES, dbname=database, autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return list(cur.fetchall()) if cur.description else []
 
 
 @pytest.fixture
@@ -225,7 +258,8 @@ def wechat() -> Iterator[FakeWeChat]:
 
 
 # -- the service ---------------------------------------------------------------
-STORAGE_KINDS = ["sqlite", "mysql", "redis+sqlite", "redis+mysql", "redis-cluster+sqlite"]
+STORAGE_KINDS = ["sqlite", "mysql", "postgres", "redis+sqlite", "redis+mysql", "redis+postgres",
+                 "redis-cluster+sqlite"]
 
 
 def storage_overrides(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
@@ -234,6 +268,8 @@ def storage_overrides(kind: str, request: pytest.FixtureRequest, tmp_path: Path)
     if "mysql" in kind:
         overrides.update(mysql_host=MYSQL["host"], mysql_port=MYSQL["port"], mysql_username=MYSQL["user"],
                          mysql_password=MYSQL["password"], mysql_database=request.getfixturevalue("mysql_db"))
+    if "postgres" in kind:
+        overrides.update(database_url=postgres_url(request.getfixturevalue("pg_db")))
     if "redis-cluster" in kind:
         overrides.update(redis_cluster_nodes=request.getfixturevalue("redis_cluster").nodes,
                          redis_key_prefix=request.getfixturevalue("redis_cluster_prefix"))

@@ -12,7 +12,7 @@ import requests
 
 from pighand_token.adapters.sql import Database, MySQLParams, SqlCredentialRepository
 from pighand_token.core.domain import Credential
-from tests.conftest import MYSQL, REDIS, Server
+from tests.conftest import MYSQL, REDIS, Server, postgres_url
 from tests.fakes.wechat import FakeWeChat
 
 STABLE = "/cgi-bin/stable_token"
@@ -21,7 +21,9 @@ STABLE = "/cgi-bin/stable_token"
 def seed(settings: dict[str, Any], *credentials: tuple[str, str] | tuple[str, str, str]) -> None:
     """Add credentials straight to the store: (appid, secret) for WeChat, or
     (platform, appid, secret)."""
-    if settings.get("mysql_host"):
+    if settings.get("database_url"):
+        db = Database(url=settings["database_url"])
+    elif settings.get("mysql_host"):
         db = Database(mysql=MySQLParams(host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["user"],
                                         database=settings["mysql_database"]))
     else:
@@ -36,6 +38,8 @@ def storage(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[s
     if "mysql" in kind:
         settings.update(mysql_host=MYSQL["host"], mysql_port=MYSQL["port"],
                         mysql_database=request.getfixturevalue("mysql_db"))
+    if "postgres" in kind:
+        settings.update(database_url=postgres_url(request.getfixturevalue("pg_db")))
     if "redis" in kind:
         settings.update(redis_host=REDIS["host"], redis_port=REDIS["port"],
                         redis_key_prefix=request.getfixturevalue("redis_prefix"))
@@ -48,7 +52,7 @@ def envelope(response: requests.Response) -> dict[str, Any]:
     return dict(data)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "mysql", "redis+mysql"])
+@pytest.mark.parametrize("kind", ["sqlite", "mysql", "postgres", "redis+mysql"])
 def test_concurrent_cold_gets_over_four_workers_make_one_call(kind: str, tmp_path: Path, wechat: FakeWeChat,
                                                               request: pytest.FixtureRequest) -> None:
     settings = storage(kind, tmp_path, request)

@@ -27,7 +27,7 @@ from pighand_token.app import create_app
 from pighand_token.core.domain import Credential, Grant, TokenKey
 from pighand_token.core.errors import BadRequest
 from pighand_token.providers.alipay import AlipayProvider, top_level_spans
-from tests.conftest import MYSQL, STORAGE_KINDS, clean_env, run_cli, storage_overrides
+from tests.conftest import MYSQL, STORAGE_KINDS, clean_env, postgres_url, run_cli, storage_overrides
 from tests.fakes.alipay import GATEWAY_PATH, FakeAlipay, make_key, private_pem, public_pem, signed_params
 
 ISV = "2021000000000001"
@@ -439,12 +439,14 @@ def test_revoke_forgets_the_grant_and_its_token(make: Any, keys: Keys, alipay: F
 
 
 # -- the grant table ----------------------------------------------------------------
-@pytest.mark.parametrize("dialect", ["sqlite", "mysql"])
+@pytest.mark.parametrize("dialect", ["sqlite", "mysql", "postgres"])
 def test_rotation_is_compare_and_set_on_the_refresh_token(dialect: str, tmp_path: Path,
                                                           request: pytest.FixtureRequest) -> None:
     if dialect == "mysql":
         db = Database(mysql=MySQLParams(host=str(MYSQL["host"]), port=int(str(MYSQL["port"])), user=str(MYSQL["user"]),
                                         database=request.getfixturevalue("mysql_db")))
+    elif dialect == "postgres":
+        db = Database(url=postgres_url(request.getfixturevalue("pg_db")))
     else:
         db = Database(sqlite_path=str(tmp_path / "grants.sqlite3"))
     # Sealed like secrets at rest: the same value encrypts differently each time.

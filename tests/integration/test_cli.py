@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from pighand_token.core.crypto import Cipher
-from tests.conftest import MYSQL, ROOT, clean_env, mysql_rows, run_cli, run_flask
+from tests.conftest import MYSQL, ROOT, clean_env, mysql_rows, pg_rows, postgres_url, run_cli, run_flask
 from tests.fakes.wechat import FakeWeChat
 
 APP = "wx_app_1"
@@ -58,6 +58,8 @@ class Cli:
     def sql(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if self.kind == "mysql":
             return mysql_rows(self.database, query.replace("?", "%s"), tuple(params))
+        if self.kind == "postgres":
+            return pg_rows(self.database, query.replace("?", "%s"), tuple(params))
         conn = sqlite3.connect(self.sqlite_path, isolation_level=None)
         try:
             return list(conn.execute(query, tuple(params)).fetchall())
@@ -79,17 +81,22 @@ class Cli:
     def tables(self) -> set[str]:
         if self.kind == "mysql":
             return {str(r[0]) for r in self.sql("SHOW TABLES")}
+        if self.kind == "postgres":
+            return {str(r[0]) for r in self.sql(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
         return {str(r[0]) for r in self.sql("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
     def columns(self, table: str) -> list[str]:
-        if self.kind == "mysql":
+        if self.kind in ("mysql", "postgres"):
+            schema = "?" if self.kind == "mysql" else "current_schema()"
             return [str(r[0]) for r in self.sql(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
-                "ORDER BY ordinal_position", (self.database, table))]
+                f"SELECT column_name FROM information_schema.columns WHERE table_schema = {schema} "
+                "AND table_name = ? ORDER BY ordinal_position",
+                (self.database, table) if self.kind == "mysql" else (table,))]
         return [str(r[1]) for r in self.sql(f"PRAGMA table_info({table})")]
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
+@pytest.fixture(params=["sqlite", "mysql", "postgres"])
 def cli(request: pytest.FixtureRequest, tmp_path: Path, wechat: FakeWeChat) -> Cli:
     kind = str(request.param)
     sqlite_path = tmp_path / "pighand.sqlite3"
@@ -100,6 +107,9 @@ def cli(request: pytest.FixtureRequest, tmp_path: Path, wechat: FakeWeChat) -> C
         database = request.getfixturevalue("mysql_db")
         settings.update(mysql_host=MYSQL["host"], mysql_port=MYSQL["port"], mysql_username=MYSQL["user"],
                         mysql_password=MYSQL["password"], mysql_database=database)
+    if kind == "postgres":
+        database = request.getfixturevalue("pg_db")
+        settings.update(database_url=postgres_url(database))
     return Cli(kind, clean_env(**settings), sqlite_path, database)
 
 
@@ -124,6 +134,8 @@ ORIGINAL_PLATFORM_TABLE = {
     "sqlite": "CREATE TABLE platform (id INTEGER PRIMARY KEY AUTOINCREMENT, platform TEXT, appid TEXT, secret TEXT)",
     "mysql": "CREATE TABLE platform (id INT AUTO_INCREMENT PRIMARY KEY, platform VARCHAR(32), "
              "appid VARCHAR(64), secret VARCHAR(128))",
+    "postgres": "CREATE TABLE platform (id SERIAL PRIMARY KEY, platform VARCHAR(32), appid VARCHAR(64), "
+                "secret VARCHAR(128))",
 }
 
 

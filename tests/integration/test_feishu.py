@@ -142,7 +142,7 @@ def test_put_before_the_last_30_minutes_gets_the_same_token_back_in_one_call(mak
     assert fake.count(token_path(platform)) == 2 and fake.is_valid(old)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "mysql", "redis+mysql"])
+@pytest.mark.parametrize("kind", ["sqlite", "mysql", "postgres", "redis+mysql"])
 @pytest.mark.parametrize("platform", PLATFORMS)
 def test_put_in_the_last_30_minutes_gets_a_new_token_and_the_old_stays_valid(make_feishu_app: Any,
                                                                             fake: FakeFeishu, platform: str,

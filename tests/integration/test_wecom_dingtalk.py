@@ -32,7 +32,7 @@ WECOM_SECRET = "wc-S3cr3t_4pp-1000002-xyz"
 DING_KEY = "dingfakeappkey0001"
 DING_SECRET = "dt-S3cr3t_ding-0001-xyz"
 
-KINDS = ["sqlite", "mysql", "redis+mysql"]
+KINDS = ["sqlite", "mysql", "postgres", "redis+mysql"]
 CLOSED_PORT = "http://127.0.0.1:9"  # nothing listens there (discard service is not run)
 
 
