@@ -54,6 +54,23 @@ def put_replacing(url: str, current: str) -> str:
     return new
 
 
+def put_then_get_rounds(pool: ThreadPoolExecutor, urls: list[str], current: str,
+                        rounds: int) -> tuple[int, dict[str, set[str]]]:
+    """Rounds of: a PUT replacing ``current`` on one instance (in turn), 100 ms,
+    then fresh GETs on every instance. Returns how many GETs answered a
+    replaced token, and which workers of each instance answered."""
+    workers: dict[str, set[str]] = {url: set() for url in urls}
+    old_served = 0
+    for round_ in range(rounds):
+        new = put_replacing(urls[round_ % len(urls)], current)
+        time.sleep(0.1)
+        for url, worker, token in fresh_gets(pool, urls, FRESH_GETS):
+            workers[url].add(worker)
+            old_served += token != new
+        current = new
+    return old_served, workers
+
+
 def test_put_on_one_instance_is_served_by_every_worker_of_every_instance_within_100_ms(
         tmp_path: Path, wechat: FakeWeChat, request: pytest.FixtureRequest) -> None:
     settings = storage("redis+sqlite", tmp_path, request)
@@ -64,16 +81,8 @@ def test_put_on_one_instance_is_served_by_every_worker_of_every_instance_within_
         urls = [s.base_url for s in servers]
         current = envelope(requests.get(urls[0] + PATH, timeout=10))["data"]
         fresh_gets(pool, urls, FRESH_GETS)  # every worker holds the token in its memory
-        workers: dict[str, set[str]] = {url: set() for url in urls}
-        old_served = 0
         started = time.monotonic()
-        for round_ in range(200):
-            new = put_replacing(urls[round_ % 2], current)
-            time.sleep(0.1)
-            for url, worker, token in fresh_gets(pool, urls, FRESH_GETS):
-                workers[url].add(worker)
-                old_served += token != new
-            current = new
+        old_served, workers = put_then_get_rounds(pool, urls, current, 200)
         elapsed = time.monotonic() - started
         assert old_served == 0
         assert all(len(seen) == 2 for seen in workers.values()), workers  # both workers of both instances

@@ -16,7 +16,7 @@ from typing import Any
 import requests
 
 from tests.conftest import RedisClusterProcs, Server
-from tests.e2e.test_coherence import COMMON, FRESH_GETS, fresh_gets, put_replacing
+from tests.e2e.test_coherence import COMMON, FRESH_GETS, fresh_gets, put_then_get_rounds
 from tests.e2e.test_workers import envelope, seed
 from tests.fakes.wechat import FakeWeChat
 
@@ -62,15 +62,7 @@ def test_put_on_one_instance_is_served_by_every_worker_within_100_ms_on_a_cluste
         urls = [s.base_url for s in servers]
         current = envelope(requests.get(urls[0] + PATH, timeout=10))["data"]
         fresh_gets(pool, urls, FRESH_GETS)
-        workers: dict[str, set[str]] = {url: set() for url in urls}
-        old_served = 0
-        for round_ in range(60):
-            new = put_replacing(urls[round_ % 2], current)
-            time.sleep(0.1)
-            for url, worker, token in fresh_gets(pool, urls, FRESH_GETS):
-                workers[url].add(worker)
-                old_served += token != new
-            current = new
+        old_served, workers = put_then_get_rounds(pool, urls, current, 60)
         assert old_served == 0
         assert all(len(seen) == 2 for seen in workers.values()), workers
         assert wechat.count("/cgi-bin/token") == 61
