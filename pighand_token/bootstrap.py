@@ -9,10 +9,10 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import requests
 
-from .adapters import redis as redis_adapters
 from .adapters.fallback import FallbackCooldowns, FallbackCounters, FallbackLocks
 from .adapters.grants import SqlGrantStore
 from .adapters.memory import MemoryTokenStore
@@ -38,6 +38,11 @@ from .core.ports import Clock, Cooldowns, Counters, FallbackStore, Locks, NoToke
 from .core.service import Policy, TokenService
 from .providers import REGISTRY, ProviderContext
 
+if TYPE_CHECKING:
+    # Imported where Redis is configured only: redis-py is about 8 MB of a
+    # worker's memory that the embedded defaults never use.
+    from .adapters import redis as redis_adapters
+
 
 @dataclass
 class Container:
@@ -60,6 +65,8 @@ class Container:
         checks: list[tuple[str, Callable[[], None]]] = [(self.db.description.split(" ")[0].lower(), self.db.ping)]
         client = self.redis
         if client is not None:
+            from .adapters import redis as redis_adapters
+
             def ping_redis() -> None:
                 try:
                     client.ping()
@@ -108,6 +115,8 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
     fallback: FallbackStore | None = None
     client: redis_adapters.Client | None = None
     if settings.uses_redis:
+        from .adapters import redis as redis_adapters
+
         client = redis_adapters.connect(
             url=settings.redis_url, host=settings.redis_host, port=settings.redis_port,
             password=settings.redis_pwd, db=settings.redis_db, sentinels=settings.redis_sentinels,

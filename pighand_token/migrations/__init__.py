@@ -6,6 +6,11 @@ table (its rows untouched). It runs on a process's first use of the store
 and from ``pighand-token db upgrade``; concurrent upgrades by several workers
 wait for each other on a named lock (MySQL ``GET_LOCK``, a PostgreSQL
 advisory lock, a file lock beside a SQLite database).
+
+A database already at head costs one ``SELECT`` of the version table and
+no Alembic import: Alembic (and Mako, and Pygments) is about 12 MB of a
+served worker's memory, loaded only when there is something to upgrade or
+a ``db`` command asks.
 """
 
 from __future__ import annotations
@@ -18,19 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..core.errors import Unavailable
+
 if TYPE_CHECKING:
+    from alembic.config import Config
+
     from ..adapters.sql import Database
 
 HERE = Path(__file__).resolve().parent
 VERSION_TABLE = "pighand_alembic_version"
 LOCK_NAME = "pighand:migrate"
+# The newest revision in versions/ (a test holds it to Alembic's head).
+HEAD = "0002"
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,8 @@ class Revision:
 
 
 def _config(connection: Connection | None = None, changes: list[str] | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(HERE))
     config.attributes["connection"] = connection
@@ -51,6 +61,10 @@ def _config(connection: Connection | None = None, changes: list[str] | None = No
 def upgrade(db: Database, revision: str = "head") -> list[str]:
     """Upgrade ``db`` to ``revision``; return what was added to tables that
     already existed (columns, keys, indexes), as ``table.name``."""
+    if revision in ("head", HEAD) and at_head(db):
+        return []
+    from alembic import command
+
     changes: list[str] = []
     with _exclusive(db) as conn:
         try:
@@ -60,8 +74,28 @@ def upgrade(db: Database, revision: str = "head") -> list[str]:
     return changes
 
 
+def at_head(db: Database) -> bool:
+    """Whether the database is at HEAD, read from the version table (no
+    Alembic); False when the table is missing or the database is down (the
+    upgrade then tells why)."""
+    try:
+        conn = db.connect(migrate=False)
+    except Unavailable:  # upgrade() reports it
+        return False
+    try:
+        rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).fetchall()
+    except SQLAlchemyError:
+        conn.invalidate()  # PostgreSQL: the failed statement spoils the connection
+        return False
+    finally:
+        conn.close()
+    return [row[0] for row in rows] == [HEAD]
+
+
 def current(db: Database) -> str | None:
     """The database's revision (None: never upgraded), without upgrading it."""
+    from alembic.runtime.migration import MigrationContext
+
     conn = db.connect(migrate=False)
     try:
         return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
@@ -73,6 +107,8 @@ def current(db: Database) -> str | None:
 
 def history() -> list[Revision]:
     """Every revision, oldest first."""
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(_config())
     heads = set(script.get_heads())
     revisions = [Revision(r.revision, (r.doc or "").strip().splitlines()[0] if r.doc else "", r.revision in heads)
@@ -81,6 +117,8 @@ def history() -> list[Revision]:
 
 
 def head() -> str:
+    from alembic.script import ScriptDirectory
+
     return str(ScriptDirectory.from_config(_config()).get_current_head())
 
 

@@ -6,6 +6,8 @@ untouched; `db current` and `db history` report it."""
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ import sqlalchemy as sa
 
 from pighand_token import migrations
 from pighand_token.adapters.sql import Database, MySQLParams
-from tests.conftest import MYSQL, clean_env, postgres_url, run_cli
+from tests.conftest import MYSQL, ROOT, clean_env, postgres_url, run_cli
 
 DIALECTS = ["sqlite", "mysql", "postgres"]
 FIRST = importlib.import_module("pighand_token.migrations.versions.0001_adopt_schema")
@@ -111,6 +113,25 @@ def test_an_empty_database_is_upgraded_to_head_and_db_current_and_history_say_so
     # Upgrading again changes nothing.
     assert "added" not in store.cli("db", "init")
     assert store.schema() == shape
+
+
+def test_head_names_alembics_head_and_a_database_at_head_opens_without_alembic(store: Store) -> None:
+    assert migrations.HEAD == migrations.head()
+    store.cli("db", "upgrade")
+    # A new process (a served worker, a command) using the store: one
+    # SELECT of the version table, no Alembic in its memory.
+    probe = ("import sys; from pighand_token.adapters.sql import Database; "
+             f"db = Database(url={str(store.db.url.render_as_string(hide_password=False))!r}); "
+             "db.connect().close(); print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    # One revision behind: the same first use upgrades it.
+    store.raw(f"UPDATE {migrations.VERSION_TABLE} SET version_num = '0001'")
+    store.raw("DROP TABLE alipay_grant")
+    assert not migrations.at_head(store.db)
+    store.db.connect().close()
+    assert migrations.current(store.db) == migrations.HEAD and "alipay_grant" in store.schema()
 
 
 def _today_db_init(store: Store) -> None:
