@@ -73,6 +73,7 @@ class Settings:
     fast_path: bool = True
     http_header_timeout: float = 10.0
     worker_lifetime: int = 0
+    cpu_affinity: bool = True
 
     @property
     def uses_mysql(self) -> bool:

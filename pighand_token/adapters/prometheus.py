@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -37,9 +38,19 @@ SCHEDULER_FAILURES = Counter("pighand_scheduler_refresh_failures_total", "Schedu
                              registry=REGISTRY)
 
 
+# labels() checks and joins its values on every call; each request counts
+# twice, so the children are kept (the label sets are few: routes, methods,
+# statuses, platforms and tiers).
+_HTTP_CHILDREN: dict[tuple[str, str, int], Any] = {}
+_LOOKUP_CHILDREN: dict[tuple[str, str], Any] = {}
+
+
 class PrometheusMetrics:
     def token_lookup(self, platform: str, tier: str) -> None:
-        TOKEN_LOOKUPS.labels(platform, tier).inc()
+        child = _LOOKUP_CHILDREN.get((platform, tier))
+        if child is None:
+            child = _LOOKUP_CHILDREN[(platform, tier)] = TOKEN_LOOKUPS.labels(platform, tier)
+        child.inc()
 
     def platform_call(self, platform: str, outcome: str, errcode: str, seconds: float) -> None:
         PLATFORM_CALLS.labels(platform, outcome, errcode).inc()
@@ -57,7 +68,10 @@ class PrometheusMetrics:
 
 
 def http_request(route: str, method: str, status: int) -> None:
-    HTTP_REQUESTS.labels(route, method, str(status)).inc()
+    child = _HTTP_CHILDREN.get((route, method, status))
+    if child is None:
+        child = _HTTP_CHILDREN[(route, method, status)] = HTTP_REQUESTS.labels(route, method, str(status))
+    child.inc()
 
 
 class _TokenExpiry(Collector):

@@ -373,6 +373,53 @@ def test_metrics_are_summed_across_workers_and_survive_a_respawn(tmp_path: Path,
         assert scrapes(30 + sent) - first
 
 
+# -- CPU affinity ----------------------------------------------------------------------
+def thread_cpus(pid: int) -> set[frozenset[int]]:
+    """The CPU sets of every thread of a process."""
+    sets = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            sets.add(frozenset(os.sched_getaffinity(int(tid))))
+        except OSError:  # a thread that has just ended
+            pass
+    return sets
+
+
+def test_each_worker_is_pinned_to_a_cpu_of_its_own_and_a_replacement_takes_the_freed_one(
+        tmp_path: Path, wechat: FakeWeChat) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    workers = min(2, len(cpus))
+    with Server(tmp_path, workers=workers, **seeded_server_settings(tmp_path, wechat)) as server:
+        every_worker_answers(server, workers)
+        wait_until("every worker pinned", lambda: server.log().count("pinned to CPU") == workers, timeout_s=5)
+        pinned = {pid: thread_cpus(pid) for pid in server.worker_pids()}
+        # Each worker: every thread (Rust and Python) on one CPU, and no CPU shared.
+        assert all(len(sets) == 1 and len(next(iter(sets))) == 1 for sets in pinned.values()), pinned
+        held = {next(iter(next(iter(sets)))) for sets in pinned.values()}
+        assert len(held) == workers and held <= set(cpus)
+        victim = next(iter(pinned))
+        freed = next(iter(next(iter(pinned[victim]))))
+        os.kill(victim, signal.SIGKILL)
+        wait_until("a replacement worker", lambda: len(server.worker_pids()) == workers
+                   and victim not in server.worker_pids(), timeout_s=10)
+        (replacement,) = set(server.worker_pids()) - set(pinned)
+        wait_until("the replacement pinned to the freed CPU",
+                   lambda: thread_cpus(replacement) == {frozenset({freed})}, timeout_s=10)
+        assert get(f"{server.base_url}/token/wechat/{APP}").status_code == 200
+
+
+@pytest.mark.parametrize("settings", [{"cpu_affinity": False}, {"workers": len(os.sched_getaffinity(0)) + 1}],
+                         ids=["cpu_affinity-off", "more-workers-than-cpus"])
+def test_workers_are_left_unpinned_when_asked_or_when_they_outnumber_the_cpus(
+        tmp_path: Path, wechat: FakeWeChat, settings: dict[str, Any]) -> None:
+    settings = {"workers": 1, **settings}
+    with Server(tmp_path, **settings, **seeded_server_settings(tmp_path, wechat)) as server:
+        every_worker_answers(server, settings["workers"])
+        for pid in server.worker_pids():
+            assert thread_cpus(pid) == {frozenset(os.sched_getaffinity(0))}
+    assert "pinned to CPU" not in server.log()
+
+
 # -- the scheduler -------------------------------------------------------------------
 def test_two_instances_of_two_workers_run_one_scheduler_tick_per_interval(tmp_path: Path, wechat: FakeWeChat,
                                                                           request: pytest.FixtureRequest) -> None:
@@ -441,7 +488,8 @@ def test_worker_lifetime_header_timeout_and_threads_reach_granian(tmp_path: Path
     # What the running server was given, as granian holds it.
     with Server(tmp_path, workers=1, threads=6, worker_lifetime=60, http_header_timeout=2.5,
                 **seeded_server_settings(tmp_path, wechat)) as server:
-        serving = [e for e in log_events(server) if e.get("logger") == "pighand_token.server"]
+        serving = [e for e in log_events(server) if e.get("logger") == "pighand_token.server"
+                   and e["msg"].startswith("serving on")]
     assert len(serving) == 1, server.log()
     assert serving[0]["msg"] == (f"serving on 127.0.0.1:{server.port}: 1 workers x 6 threads, up to "
                                  f"{max_connections()} connections each, header read timeout 2.5 s, "
