@@ -74,12 +74,15 @@ class AccessLog:
 
     LOGGER = "pighand_token.access"
     _HEAD = '", "level": "info", "logger": "pighand_token.access", "msg": "request", '
-    BATCH = 2048
+    # Lines per write: each write lets the GIL go, so a burst of lines never
+    # holds the request threads up for more than about half a millisecond.
+    BATCH = 256
     # The writer wakes at most this often: one wake-up (and GIL hand-over)
     # per request would cost more than the line itself.
     PAUSE_S = 0.05
     # Lines waiting beyond this (stderr blocked) are dropped, and counted.
     MAX_QUEUED = 100_000
+    MIDDLES = 4096
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self._logger = logging.getLogger(self.LOGGER)
@@ -90,6 +93,7 @@ class AccessLog:
         self._pid = 0
         self._mutex = threading.Lock()
         self._dropped = 0
+        self._middles: dict[tuple[str | None, str, str, str | None], str] = {}
 
     def enabled(self) -> bool:
         return self._logger.isEnabledFor(logging.INFO)
@@ -107,17 +111,31 @@ class AccessLog:
         each request's own thread did (measured: 12 against 4 microseconds)."""
         self._put((time.time(), request_id, client, platform, appid, tier, time.perf_counter() - started))
 
-    @classmethod
-    def _cached_get_line(cls, values: tuple[float, str, str | None, str, str, str | None, float]) -> str:
-        """The request id, the platform and the appid were validated by their
-        patterns (A-Z a-z 0-9 _ . : -) before the request got here, so they
-        need no escaping; the client name comes from the store and is encoded."""
-        at, request_id, client, platform, appid, tier, seconds = values
-        who = "null" if client is None else json.dumps(client)
-        return (f'{{"ts": "{_timestamp(at)}{cls._HEAD}"kind": "request", "request_id": "{request_id}", '
-                f'"client": {who}, "method": "GET", "route": "/token/<platform>/<appid>", '
-                f'"platform": "{platform}", "appid": "{appid}", "tier": "{tier}", "status": 200, '
-                f'"duration_ms": {round(seconds * 1000, 2)}}}')
+    def _cached_get_lines(self, batch: list[str | tuple[Any, ...]]) -> list[str]:
+        """The batch's lines: its strings as they are, a cached GET's made
+        from its values. The request id, the platform and the appid were
+        validated by their patterns (A-Z a-z 0-9 _ . : -) before the request
+        got here, so they need no escaping; the client name comes from the
+        store and is encoded. The part of a line between the request id and
+        the duration is made once per client, appid and tier."""
+        middles = self._middles
+        lines = []
+        for item in batch:
+            if type(item) is str:
+                lines.append(item)
+                continue
+            at, request_id, client, platform, appid, tier, seconds = item
+            middle = middles.get((client, platform, appid, tier))
+            if middle is None:
+                if len(middles) >= self.MIDDLES:
+                    middles.clear()
+                who = "null" if client is None else json.dumps(client)
+                middle = middles[(client, platform, appid, tier)] = (
+                    f'", "client": {who}, "method": "GET", "route": "/token/<platform>/<appid>", '
+                    f'"platform": "{platform}", "appid": "{appid}", "tier": "{tier}", "status": 200, "duration_ms": ')
+            lines.append(f'{{"ts": "{_timestamp(at)}{self._HEAD}"kind": "request", "request_id": "{request_id}'
+                         f'{middle}{round(seconds * 1000, 2)}}}')
+        return lines
 
     def _put(self, line: str | tuple[Any, ...]) -> None:
         if self._queue.qsize() >= self.MAX_QUEUED:
@@ -159,7 +177,7 @@ class AccessLog:
         return batch
 
     def _write(self, batch: list[str | tuple[Any, ...]]) -> None:
-        lines = [item if type(item) is str else self._cached_get_line(item) for item in batch]  # type: ignore[arg-type]
+        lines = self._cached_get_lines(batch)
         if self._dropped:
             dropped, self._dropped = self._dropped, 0
             lines.append(json.dumps({"ts": _timestamp(time.time()), "level": "warning", "logger": self.LOGGER,
