@@ -121,7 +121,7 @@ class AccessLog:
         middles = self._middles
         lines = []
         for item in batch:
-            if type(item) is str:
+            if isinstance(item, str):
                 lines.append(item)
                 continue
             at, request_id, client, platform, appid, tier, seconds = item
