@@ -67,7 +67,14 @@ class PrometheusMetrics:
             SCHEDULER_FAILURES.inc(failures)
 
 
+# A label value never comes from what a caller may invent: any other method
+# counts as OTHER (routes are the app's own, or "unmatched").
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
 def http_request(route: str, method: str, status: int) -> None:
+    if method not in METHODS:
+        method = "OTHER"
     child = _HTTP_CHILDREN.get((route, method, status))
     if child is None:
         child = _HTTP_CHILDREN[(route, method, status)] = HTTP_REQUESTS.labels(route, method, str(status))

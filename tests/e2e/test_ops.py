@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,29 @@ def test_metrics_count_platform_errors_by_errcode(make_app: Any, wechat: FakeWeC
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert sample(text, "pighand_platform_calls_total", errcode="40125") == before + 1
     assert sample(text, "pighand_token_state", appid=APP, state="failing") == 1
+
+
+def test_invented_methods_add_no_label_sets_to_the_metrics(tmp_path: Path, wechat: FakeWeChat) -> None:
+    # Each request names a method of its own, and no key is needed to send it.
+    with Server(tmp_path, workers=1, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+                sqlite_path=str(tmp_path / "pighand.sqlite3")) as server:
+        before = requests.get(f"{server.base_url}/metrics", timeout=10).text
+        statuses = set()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            reader = sock.makefile("rb")
+            for i in range(300):
+                sock.sendall(f"M{i:07d} /x HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                status_line = reader.readline()
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                reader.read(length)
+                statuses.add(status_line.split()[1])
+        after = requests.get(f"{server.base_url}/metrics", timeout=10).text
+    assert statuses == {b"404"}, statuses  # no route has such a method
+    assert "M0000001" not in after and "M0000299" not in after
+    assert sample(after, "pighand_http_requests_total", method="OTHER") == 300
+    label_sets = [line for line in after.splitlines() if line.startswith("pighand_http_requests_total{")]
+    assert len(label_sets) <= len([line for line in before.splitlines()
+                                   if line.startswith("pighand_http_requests_total{")]) + 2
