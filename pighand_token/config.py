@@ -281,6 +281,11 @@ def _check_combinations(settings: Settings) -> None:
         raise SettingsError("encryption_key='' is invalid: production needs at least one Fernet key "
                             "(make one with python3 -c 'from cryptography.fernet import Fernet; "
                             "print(Fernet.generate_key().decode())')")
+    if settings.env == "production" and not settings.auth_required:
+        # Behind a reverse proxy on the same host every caller is loopback:
+        # "loopback only" would hand every token to anyone the proxy lets in.
+        raise SettingsError("auth_required=False is invalid: production serves callers with API keys only "
+                            "(add them with pighand-token client add); allowed values are true")
     if settings.redis_url and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
         # The URL may carry a password: show only its scheme.
         scheme = settings.redis_url.split("://", 1)[0] + "://..." if "://" in settings.redis_url else "..."

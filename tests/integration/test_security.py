@@ -176,6 +176,19 @@ def test_production_refuses_to_start_without_a_key(tmp_path: Path, server: str) 
 
 
 @pytest.mark.parametrize("server", sorted(SERVERS))
+def test_production_refuses_to_start_with_auth_off_even_on_loopback(tmp_path: Path, server: str) -> None:
+    # Behind a reverse proxy on the same host every caller is loopback.
+    env = clean_env(sqlite_path=str(tmp_path / "p.sqlite3"), host="127.0.0.1", port=3999, auth_required=False,
+                    encryption_key=Fernet.generate_key().decode())
+    env["PIGHAND_ENV"] = "production"
+    proc = subprocess.run(SERVERS[server], cwd=Path(__file__).parents[2],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "auth_required=False is invalid" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("server", sorted(SERVERS))
 def test_auth_off_refuses_a_public_bind(tmp_path: Path, server: str) -> None:
     env = clean_env(sqlite_path=str(tmp_path / "p.sqlite3"), host="0.0.0.0", port=3999, auth_required=False)
     proc = subprocess.run(SERVERS[server], cwd=Path(__file__).parents[2],
