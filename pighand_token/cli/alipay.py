@@ -9,6 +9,7 @@ a refresh token.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 from flask.cli import AppGroup
@@ -17,6 +18,7 @@ from ..core.domain import valid_appid
 from ..providers.alipay import AlipayProvider
 from .common import container as _container
 from .common import friendly as _friendly
+from .common import secret_value
 
 alipay_cli = AppGroup("alipay", help="Alipay merchant grants (the app_auth_token of each authorizing merchant).")
 
@@ -42,15 +44,15 @@ def _when(epoch: float | None) -> str:
 
 @alipay_cli.command("grant")
 @click.argument("appid")
-@click.option("--code", required=True,
-              help="The merchant's app_auth_code (from the authorization redirect; single use, valid one day).")
+@click.option("--code", help="The merchant's app_auth_code (from the authorization redirect; single use, valid "
+                             "one day). Shown in the process list: prefer the prompt or --code-file -.")
+@click.option("--code-file", type=click.File("r", encoding="utf-8"), help="Read the code from a file; - for stdin.")
 @_friendly
-def alipay_grant(appid: str, code: str) -> None:
-    """Exchange a merchant's app_auth_code and store its grant."""
+def alipay_grant(appid: str, code: str | None, code_file: Any) -> None:
+    """Exchange a merchant's app_auth_code and store its grant (the code is
+    prompted for, hidden, unless --code-file or --code gives it)."""
     _check_appid(appid)
-    code = code.strip()
-    if not code:
-        raise click.ClickException("--code must not be empty")
+    code = secret_value("code", code, code_file)
     container = _container()
     provider = _provider()
     credential = container.credentials.get("alipay", appid)

@@ -46,3 +46,22 @@ def fail(exc: PighandError) -> click.ClickException:
 def when(at: float | None) -> str:
     """An epoch time for a listing, in UTC."""
     return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+
+
+def secret_value(name: str, given: str | None, file: Any) -> str:
+    """A secret from ``--NAME`` (with a warning: the process list and shell
+    history show it), ``--NAME-file`` (- for stdin) or a hidden prompt."""
+    if given is not None and file is not None:
+        raise click.ClickException(f"give --{name} or --{name}-file, not both")
+    if given is not None:
+        click.echo(f"warning: --{name} puts the {name} in the process list and the shell history; "
+                   f"use --{name}-file - (stdin) or the prompt instead", err=True)
+        value = given
+    elif file is not None:
+        value = file.read()
+    else:
+        value = click.prompt(name, hide_input=True)
+    value = value.strip()
+    if not value:
+        raise click.ClickException(f"the {name} must not be empty")
+    return value

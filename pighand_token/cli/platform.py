@@ -16,7 +16,7 @@ from ..core.domain import Credential, valid_appid
 from ..core.errors import PighandError
 from .common import container as _container
 from .common import friendly as _friendly
-from .common import operator
+from .common import operator, secret_value
 
 platform_cli = AppGroup("platform", help="Platform credentials (platform, appid, secret).")
 
@@ -41,7 +41,8 @@ def _credential_problem(platform: str, appid: str, secret: str) -> str | None:
 @platform_cli.command("add")
 @click.argument("platform")
 @click.argument("appid")
-@click.option("--secret", help="The app secret; prompted for (hidden) when omitted.")
+@click.option("--secret", help="The app secret (shown in the process list: prefer the prompt or --secret-file -); "
+                                "prompted for (hidden) when neither is given.")
 @click.option("--secret-file", type=click.File("r", encoding="utf-8"),
               help="Read the secret from a file (e.g. a PEM private key); - for stdin.")
 @click.option("--update", is_flag=True, help="Replace the secret if the credential exists.")
@@ -49,14 +50,7 @@ def _credential_problem(platform: str, appid: str, secret: str) -> str | None:
 def platform_add(platform: str, appid: str, secret: str | None, secret_file: Any, update: bool) -> None:
     """Add a credential."""
     _check(platform, appid)
-    if secret is not None and secret_file is not None:
-        raise click.ClickException("give --secret or --secret-file, not both")
-    if secret_file is not None:
-        secret = secret_file.read().strip()
-    if secret is None:
-        secret = click.prompt("secret", hide_input=True)
-    if not secret:
-        raise click.ClickException("the secret must not be empty")
+    secret = secret_value("secret", secret, secret_file)
     problem = _credential_problem(platform, appid, secret)
     if problem:
         raise click.ClickException(problem)

@@ -247,7 +247,7 @@ class AlipayProvider(HttpProvider):
     def check_credential(self, appid: str, secret: str) -> None:
         if ":" in appid:
             raise BadRequest("the alipay credential appid is the ISV app_id alone; merchants are added with "
-                             "'pighand-token alipay grant APPID --code APP_AUTH_CODE'")
+                             "'pighand-token alipay grant APPID' (it asks for the APP_AUTH_CODE)")
         parse_key_bundle(secret)
 
     def token_appids(self, appid: str) -> list[str]:
@@ -277,7 +277,7 @@ class AlipayProvider(HttpProvider):
         grant = self.grants.get(app_id, auth_app_id)
         if grant is None:
             raise NotFound(f"no grant for merchant {auth_app_id} of alipay app {app_id}; once the merchant has "
-                           f"authorized the app, run 'pighand-token alipay grant {app_id} --code APP_AUTH_CODE'")
+                           f"authorized the app, run 'pighand-token alipay grant {app_id}' (it asks for the APP_AUTH_CODE)")
         now = self.clock()
         stored = Token(value=grant.app_auth_token, expires_at=grant.expires_at, fetched_at=grant.updated_at)
         # The grant table is the truth and the token tiers its cache: a grant
@@ -292,7 +292,7 @@ class AlipayProvider(HttpProvider):
             raise UpstreamError(
                 self.platform,
                 f"the refresh token of merchant {grant.auth_app_id} expired; the merchant must authorize the app "
-                f"again, then run 'pighand-token alipay grant {grant.app_id} --code APP_AUTH_CODE'")
+                f"again, then run 'pighand-token alipay grant {grant.app_id}' (it asks for the APP_AUTH_CODE)")
         started = self.clock()
         try:
             fields = self._call(credential, {"grant_type": "refresh_token",

@@ -92,7 +92,7 @@ class Service:
 
     def grant(self, code: str) -> str:
         """``alipay grant`` in this process (its clock is the fake's)."""
-        result = self.app.test_cli_runner().invoke(args=["alipay", "grant", ISV, "--code", code])
+        result = self.app.test_cli_runner().invoke(args=["alipay", "grant", ISV, "--code-file", "-"], input=code)
         assert result.exit_code == 0, result.output
         return str(result.output)
 
@@ -212,7 +212,7 @@ def test_grant_then_serve_then_refresh_rotates_the_pair(make: Any, keys: Keys, a
     service = make(kind)
     service.seed(keys.bundle())
     code = alipay.authorize(ISV, MERCHANT)
-    granted = service.cli("alipay", "grant", ISV, "--code", code)
+    granted = service.cli("alipay", "grant", ISV, input=code + "\n")  # the hidden prompt
     assert granted.returncode == 0, granted.stderr
     assert f"auth_app_id {MERCHANT}" in granted.stdout and f"token appid {TOKEN_APPID}" in granted.stdout
     no_leak(granted.stdout + granted.stderr, alipay, keys)
@@ -392,7 +392,7 @@ def test_unknown_merchant_unknown_app_and_malformed_appids(make: Any, keys: Keys
     service = make("sqlite")
     service.seed(keys.bundle())
     error = data(service.get(f"{ISV}:2021000000009999"), 404)
-    assert f"alipay grant {ISV} --code" in error
+    assert f"pighand-token alipay grant {ISV}' (it asks for the APP_AUTH_CODE)" in error
     assert "platform add alipay 2021999999999999" in data(service.get("2021999999999999:2021000000000002"), 404)
     for appid in (ISV, f"{ISV}:", f":{MERCHANT}", f"{ISV}:{MERCHANT}:x"):
         assert "<app_id>:<auth_app_id>" in data(service.get(appid), 400)

@@ -170,6 +170,17 @@ def test_platform_add_stores_the_secret_and_list_never_shows_it(cli: Cli) -> Non
     no_secret(listed, SECRET, "other-secret-22")
 
 
+def test_secret_on_the_command_line_warns_and_secret_file_stdin_does_not(cli: Cli) -> None:
+    given = cli("platform", "add", "wechat", APP, "--secret", SECRET)
+    assert given.returncode == 0
+    assert ("warning: --secret puts the secret in the process list and the shell history; "
+            "use --secret-file - (stdin) or the prompt instead") in given.stderr.splitlines()
+    no_secret(given, SECRET)
+    piped = cli("platform", "add", "wechat", "wx_app_2", "--secret-file", "-", input="piped-secret-77\n")
+    assert piped.returncode == 0 and "process list" not in piped.stderr, piped.stderr
+    assert ("wechat", "wx_app_2", "piped-secret-77") in cli.credentials()
+
+
 def test_flask_app_wsgi_carries_the_same_commands(cli: Cli) -> None:
     added = run_flask("platform", "add", "wechat", APP, "--secret", SECRET, env=cli.env)
     assert added.returncode == 0 and f"added wechat {APP}" in added.stdout, added.stderr
