@@ -195,6 +195,12 @@ class AccessLog:
 ACCESS = AccessLog()
 
 
+# JSON escapes C0 controls itself; these it leaves raw with ensure_ascii off
+# (kept off so Chinese messages stay readable): DEL, C1 controls and the
+# bidirectional overrides, which a terminal showing the log would obey.
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 class JsonFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "msg", ...}`` plus the fields a caller
     passed as ``extra={"event": {...}}``."""
@@ -211,7 +217,8 @@ class JsonFormatter(logging.Formatter):
             line.update(event)
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        text = json.dumps(line, ensure_ascii=False, default=str)
+        return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 class HideQuerySecrets(logging.Filter):

@@ -7,7 +7,7 @@ from flask.cli import AppGroup
 
 from ..core.errors import PighandError
 from .common import container as _container
-from .common import fail, when
+from .common import fail, printable, when
 
 audit_cli = AppGroup("audit", help="The audit trail.")
 
@@ -22,5 +22,5 @@ def audit_tail(count: int) -> None:
         raise fail(exc) from None
     for e in entries:
         app = f"{e.platform}/{e.appid}" if e.platform else "-"
-        click.echo(f"{when(e.at)}  {e.action:<16} {app:<32} client={e.client or '-'} "
-                   f"request={e.request_id or '-'} from={e.remote_addr or '-'}  {e.outcome}")
+        click.echo(printable(f"{when(e.at)}  {e.action:<16} {app:<32} client={e.client or '-'} "
+                             f"request={e.request_id or '-'} from={e.remote_addr or '-'}  {e.outcome}"))

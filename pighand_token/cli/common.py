@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import re
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -16,6 +17,18 @@ from ..core.errors import PighandError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# C0 and C1 controls, DEL, and the bidirectional overrides and isolates
+# (text that reorders itself on screen).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as its escape (ESC as
+    ``\\x1b``): a platform's error message or a stored field can then neither
+    move the cursor, retitle nor clear the operator's terminal."""
+    return _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
 def container() -> Any:
     return current_app.extensions["pighand"]
 
@@ -27,7 +40,7 @@ def friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except PighandError as exc:
-            raise click.ClickException(exc.message) from None
+            raise click.ClickException(printable(exc.message)) from None
     return wrapper  # type: ignore[return-value]
 
 
@@ -40,7 +53,7 @@ def operator() -> str:
 
 
 def fail(exc: PighandError) -> click.ClickException:
-    return click.ClickException(exc.message)
+    return click.ClickException(printable(exc.message))
 
 
 def when(at: float | None) -> str:

@@ -11,7 +11,7 @@ from flask.cli import AppGroup
 from ..core.errors import PighandError
 from .common import container as _container
 from .common import friendly as _friendly
-from .common import operator
+from .common import operator, printable
 
 token_cli = AppGroup("token", help="Tokens.")
 scheduler_cli = AppGroup("scheduler", help="The refresh scheduler.")
@@ -19,7 +19,7 @@ scheduler_cli = AppGroup("scheduler", help="The refresh scheduler.")
 
 def _show(token: Any) -> None:
     left = token.expires_at - time.time()
-    click.echo(token.value)
+    click.echo(printable(token.value))
     click.echo(f"expires in {left:.0f} s", err=True)
 
 
@@ -66,7 +66,7 @@ def scheduler_tick() -> None:
     for key in report.refreshed:
         click.echo(f"refreshed {key}")
     for key, exc in report.failed.items():
-        click.echo(f"failed {key}: {exc.message}")
+        click.echo(f"failed {key}: {printable(exc.message)}")
     click.echo(f"{len(report.refreshed)} refreshed, {len(report.fresh)} fresh, {len(report.failed)} failed")
     if report.failed:
         raise SystemExit(1)

@@ -277,7 +277,8 @@ class AlipayProvider(HttpProvider):
         grant = self.grants.get(app_id, auth_app_id)
         if grant is None:
             raise NotFound(f"no grant for merchant {auth_app_id} of alipay app {app_id}; once the merchant has "
-                           f"authorized the app, run 'pighand-token alipay grant {app_id}' (it asks for the APP_AUTH_CODE)")
+                           f"authorized the app, run 'pighand-token alipay grant {app_id}' "
+                           "(it asks for the APP_AUTH_CODE)")
         now = self.clock()
         stored = Token(value=grant.app_auth_token, expires_at=grant.expires_at, fetched_at=grant.updated_at)
         # The grant table is the truth and the token tiers its cache: a grant

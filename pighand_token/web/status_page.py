@@ -19,6 +19,7 @@ import click
 from flask import Blueprint, Response, current_app, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from ..cli.common import printable
 from ..core.domain import Client
 from ..core.errors import PighandError
 from ..core.service import TokenService, TokenStatus
@@ -137,13 +138,14 @@ def table_lines(rows: Sequence[TokenStatus], *, colour: bool = False) -> list[st
     lines.append("")
     for r in ordered(rows):
         if r.egress_ip:
-            lines.append(f"{r.platform} {r.appid}: the platform refused calls from {r.egress_ip}: {WHITELIST_HINT}")
+            lines.append(f"{r.platform} {r.appid}: the platform refused calls from {printable(r.egress_ip)}: "
+                         f"{WHITELIST_HINT}")
     lines.append(summary_text(rows))
     return lines
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return printable(" ".join(text.split()))
 
 
 def echo_status(rows: Sequence[TokenStatus]) -> None:

@@ -443,3 +443,19 @@ def test_scheduler_tick_reports_a_failed_credential_and_exits_non_zero(cli: Cli,
     assert "wx_not_on_wechat" in result.stdout and "40013" in result.stdout
     no_secret(result, "secret-of-nobody", SECRET)
     assert wechat.is_valid(cli.decrypt(cli.sql("SELECT value FROM token WHERE appid = ?", (APP,))[0][0]))
+
+
+def test_control_characters_from_a_platform_are_escaped_in_cli_output(cli: Cli, wechat: FakeWeChat) -> None:
+    # A platform (or a proxy in front of it) answers an errmsg that would
+    # retitle, clear and reorder the operator's terminal.
+    hostile = "bad \x1b]0;owned\x07 \x1b[2J \u202eevil"
+    cli.ok("platform", "add", "wechat", APP, "--secret-file", "-", input=SECRET + "\n")
+    wechat.fail_with_errcode_next(50, 40013, hostile)
+    outputs = [cli("token", "refresh", "wechat", APP), cli("scheduler", "tick"), cli("token", "status"),
+               cli("audit", "tail")]
+    for result in outputs:
+        text = result.stdout + result.stderr
+        assert not any(ch in text for ch in "\x1b\x07\u202e"), repr(text)
+    assert "\\x1b]0;owned\\x07" in outputs[0].stderr  # one 'Error:' line, escaped
+    assert "\\x1b[2J" in outputs[1].stdout and "\\u202eevil" in outputs[2].stdout
+    assert "\\x1b]0;owned" in outputs[3].stdout
