@@ -91,8 +91,9 @@ class HttpProvider:
                      **kwargs: Any) -> tuple[int, dict[str, Any]]:
         """Send one request; return (HTTP status, JSON object).
 
-        Transport failures, 5xx answers and non-JSON bodies raise a retryable
-        UpstreamError; a timeout raises UpstreamTimeout. A 4xx with a JSON
+        Transport failures, 5xx answers and garbled bodies (an HTML page or
+        cut-off JSON behind HTTP 200, as a proxy or a platform under load may
+        send) raise a retryable UpstreamError; a timeout raises UpstreamTimeout. A 4xx with a JSON
         body is returned when ``accept_status`` (platforms that report errors
         that way), else raised. Messages never contain ``secrets``: requests
         puts the full URL, query string included, into its exception texts.
@@ -114,8 +115,9 @@ class HttpProvider:
         if status >= 500:
             raise UpstreamError(self.platform, f"HTTP {status} from the platform", retryable=True)
         if not isinstance(body, dict):
+            # A 4xx page is an answer (a wrong base URL or path): not retried.
             raise UpstreamError(self.platform, f"unexpected answer (HTTP {status}, not a JSON object)",
-                                retryable=status >= 500)
+                                retryable=status < 400)
         if status >= 400 and not accept_status:
             raise UpstreamError(self.platform, f"HTTP {status} from the platform")
         return status, body

@@ -279,6 +279,27 @@ def test_platform_recovers_after_transient_errors(make_app: Any, wechat: FakeWeC
     assert answer.status_code == 200 and wechat.is_valid(body(answer)["data"])
 
 
+@pytest.mark.parametrize("garbled", [b"<html><body>502 Bad Gateway</body></html>", b'{"access_token": "83_abc',
+                                     "not json at all"], ids=["html", "truncated-json", "text"])
+def test_a_garbled_200_is_retried_like_a_5xx(make_app: Any, wechat: FakeWeChat, garbled: Any) -> None:
+    app = make_app()
+    seed(app)
+    wechat.fail_next(1, status=200, body=garbled)
+    answer = app.test_client().get(f"/token/wechat/{APP}")
+    assert answer.status_code == 200 and wechat.is_valid(body(answer)["data"])
+    assert wechat.count() == 2  # the garbled answer, then the retry
+
+
+def test_a_4xx_page_is_not_retried(make_app: Any, wechat: FakeWeChat) -> None:
+    # A wrong base URL or path: asking again gets the same page.
+    app = make_app()
+    seed(app)
+    wechat.fail_next(5, status=404, body=b"<html>404 Not Found</html>")
+    answer = app.test_client().get(f"/token/wechat/{APP}")
+    assert answer.status_code == 502 and "HTTP 404" in body(answer)["error"]
+    assert wechat.count() == 1
+
+
 def test_classic_transport_error_hides_secret_in_url(make_app: Any, wechat: FakeWeChat) -> None:
     # A port nothing listens on: requests' error text carries the full URL,
     # query string (with ?secret=) included.
