@@ -81,6 +81,11 @@ class Unavailable(PighandError):
 
     status = 503
 
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        if retry_after_s is not None:
+            self.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+
 
 class UpstreamError(PighandError):
     """The platform refused or failed the call.

@@ -260,7 +260,9 @@ class TokenService:
                 self._spend_refresh_budget(caller, key)
             return self._fetch_and_store(key, replacing=replacing)
 
-        return self._locked(key, work)
+        # Waited out (the holder may have died mid-refresh): never answer the
+        # very token the caller reported stale.
+        return self._locked(key, work, on_timeout=lambda: self._waited_too_long(key, not_this=stale_token))
 
     def refresh_due(self) -> RefreshReport:
         """Refresh every credential whose token is missing or would enter its
@@ -448,11 +450,14 @@ class TokenService:
 
     # -- the platform --------------------------------------------------------
     def _locked(self, key: TokenKey, work: Callable[[], Token],
-                on_busy: Callable[[], Token] | None = None) -> Token:
+                on_busy: Callable[[], Token] | None = None,
+                on_timeout: Callable[[], Token] | None = None) -> Token:
         """Run ``work`` holding the token's lock. With ``on_busy``, do not wait
-        for a lock someone else holds: answer ``on_busy()`` instead."""
+        for a lock someone else holds: answer ``on_busy()`` instead; else wait
+        up to ``lock_wait_s``, then answer ``on_timeout()`` (default: any
+        servable token, or 503)."""
         wait_s = 0.0 if on_busy is not None else self.policy.lock_wait_s
-        busy = on_busy or (lambda: self._waited_too_long(key))
+        busy = on_busy or on_timeout or (lambda: self._waited_too_long(key))
         flight = self._flight(key)
         started = time.monotonic()
         acquired = flight.acquire(timeout=wait_s) if wait_s > 0 else flight.acquire(blocking=False)
@@ -474,11 +479,13 @@ class TokenService:
                 flight = self._flights[key] = threading.Lock()
             return flight
 
-    def _waited_too_long(self, key: TokenKey) -> Token:
+    def _waited_too_long(self, key: TokenKey, not_this: str | None = None) -> Token:
         token = self._read(key).servable
-        if token is not None:
+        if token is not None and token.value != not_this:
             return token
-        raise Unavailable(f"timed out waiting for another worker's refresh of {key}; try again")
+        # A crashed holder's lease runs out this long after a waiter gives up.
+        raise Unavailable(f"timed out waiting for another worker's refresh of {key}; try again",
+                          retry_after_s=self.policy.lock_lease_s - self.policy.lock_wait_s)
 
     def _fetch_and_store(self, key: TokenKey, *, replacing: str | None = None) -> Token:
         provider = self.providers[key.platform]

@@ -128,6 +128,36 @@ def test_worker_killed_while_holding_the_lock_frees_it_after_the_lease(tmp_path:
         assert len(wechat.find(STABLE)) == calls_before + 1
 
 
+def test_put_with_a_stale_token_never_answers_that_token_after_the_holder_died(
+        tmp_path: Path, wechat: FakeWeChat, request: pytest.FixtureRequest) -> None:
+    settings = storage("redis+sqlite", tmp_path, request)
+    seed(settings, (APP, SECRET))
+    with Server(tmp_path, workers=1, threads=4, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+                upstream_timeout=2, **settings) as holder, \
+            Server(tmp_path, workers=1, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+                   upstream_timeout=2, **settings) as other:
+        url = f"/token/wechat/{APP}"
+        stale = envelope(requests.get(holder.base_url + url, timeout=10))["data"]
+        wechat.delay(1.8)
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(requests.put, holder.base_url + url, json={"stale_token": stale}, timeout=30)
+            time.sleep(0.8)  # the holder has the lock and waits on the platform
+            for pid in holder.worker_pids():
+                os.kill(pid, signal.SIGKILL)
+            with pytest.raises(requests.RequestException):
+                pending.result()
+        wechat.delay(0)
+        # The lease outlives the wait: the caller that reported `stale` gets
+        # a 503 to retry, not `stale` back as if it were new.
+        answer = requests.put(other.base_url + url, json={"stale_token": stale}, timeout=30)
+        assert answer.status_code == 503, answer.text
+        assert envelope(answer)["data"] is None and int(answer.headers["Retry-After"]) >= 1
+        time.sleep(int(answer.headers["Retry-After"]) + 0.5)
+        retried = requests.put(other.base_url + url, json={"stale_token": stale}, timeout=30)
+        assert retried.status_code == 200, other.log()
+        assert envelope(retried)["data"] != stale and wechat.is_valid(envelope(retried)["data"])
+
+
 def test_redis_killed_mid_run_keeps_serving_and_is_used_again(tmp_path: Path, wechat: FakeWeChat) -> None:
     port = free_port()
     redis_dir = tmp_path / "redis"
