@@ -17,7 +17,7 @@ import sys
 
 from pighand_token.config import load_settings
 from pighand_token.core.errors import SettingsError
-from pighand_token.server import DEFAULT_THREADS, check_bind, default_workers, metrics_dir
+from pighand_token.server import DEFAULT_THREADS, check_bind, check_stored_secrets, default_workers, metrics_dir
 
 try:
     _settings = load_settings()
@@ -45,6 +45,14 @@ wsgi_app = "wsgi:app"
 # a worker imports prometheus_client.
 _METRICS_DIR, _OWN_METRICS_DIR = metrics_dir()
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _METRICS_DIR
+
+# After the metrics folder is set: this imports prometheus_client, and the
+# workers gunicorn forks from here keep the value class it picked.
+try:
+    check_stored_secrets(_settings)
+except SettingsError as exc:
+    print(f"pighand-token: bad setting: {exc.message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def on_exit(server):

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
     from .adapters import redis as redis_adapters
 
 
+# Secrets /readyz checks the keys against (any one that opens will do).
+READY_KEY_SAMPLE = 20
+
+
 @dataclass
 class Container:
     settings: Settings
@@ -60,9 +64,30 @@ class Container:
     changes: TokenChanges = field(default_factory=NoTokenChanges)
     """Keeps the in-process tier coherent; started by app.start_background."""
 
+    def key_problem(self, limit: int | None = None) -> str | None:
+        """Why ``encryption_key`` is wrong for the stored secrets (it opens
+        none of them: the keys of another deployment, or an old key dropped
+        too early), or None. Unavailable if the store is down."""
+        sealed = self.credentials.sealed(limit)
+        if not sealed or any(self.cipher.opens(stored) for stored in sealed):
+            return None
+        return (f"encryption_key=<{self.cipher.key_count} key(s)> is invalid: no configured key decrypts the "
+                f"stored secrets ({len(sealed)} checked); configure the key they were encrypted with")
+
+    def check_keys(self) -> None:
+        """For readiness: SettingsError if the keys open no stored secret
+        (a store that is down is the store's own check)."""
+        try:
+            problem = self.key_problem(limit=READY_KEY_SAMPLE)
+        except Unavailable:
+            return
+        if problem is not None:
+            raise SettingsError(problem)
+
     def pings(self) -> list[tuple[str, Callable[[], None]]]:
         """One check per configured store, for readiness."""
-        checks: list[tuple[str, Callable[[], None]]] = [(self.db.description.split(" ")[0].lower(), self.db.ping)]
+        checks: list[tuple[str, Callable[[], None]]] = [(self.db.description.split(" ")[0].lower(), self.db.ping),
+                                                        ("encryption_key", self.check_keys)]
         client = self.redis
         if client is not None:
             from .adapters import redis as redis_adapters

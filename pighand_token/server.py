@@ -101,6 +101,25 @@ def check_bind(settings: Settings) -> None:
             "(127.0.0.1, ::1); set auth_required=true to serve other hosts")
 
 
+def check_stored_secrets(settings: Settings) -> None:
+    """Before any worker starts: SettingsError when ``encryption_key`` opens
+    none of the stored secrets (every miss would be a 500 otherwise). A
+    store that is down does not stop the start; /readyz reports it."""
+    from .bootstrap import bootstrap
+    from .core.errors import Unavailable
+
+    container = bootstrap(settings)
+    try:
+        problem = container.key_problem()
+    except Unavailable as exc:
+        log.warning("encryption_key not checked against the stored secrets: %s", exc.message)
+        return
+    finally:
+        container.db.close()
+    if problem is not None:
+        raise SettingsError(problem)
+
+
 def metrics_dir() -> tuple[str, bool]:
     """The folder every worker writes its metric samples to (prometheus-client's
     multiprocess mode), emptied of a previous run's samples; True if it was
@@ -125,6 +144,12 @@ def serve(settings: Settings) -> None:
     # Set before any worker imports prometheus_client (it picks its
     # multiprocess value class at import).
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    try:
+        check_stored_secrets(settings)
+    except SettingsError:
+        if own:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
     # Workers start as fresh interpreters, not forks: nothing this process
     # imported or opened (settings files, a half-built client) leaks into
     # them, and each imports prometheus_client with the folder already set.

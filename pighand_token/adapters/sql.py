@@ -449,6 +449,13 @@ class SqlCredentialRepository:
         rows, _ = self._db.execute("SELECT platform, appid, secret FROM platform ORDER BY platform, appid")
         return [self._open(r) for r in rows]
 
+    def sealed(self, limit: int | None = None) -> builtins.list[str]:
+        """Stored secrets as they are in the table (encrypted ones only),
+        to check the configured keys against."""
+        statement = "SELECT secret FROM platform WHERE secret LIKE 'fernet:%'"
+        rows, _ = self._db.execute(statement + (f" LIMIT {int(limit)}" if limit else ""))
+        return [r[0] for r in rows]
+
     def keys(self) -> builtins.list[tuple[str, str]]:
         """(platform, appid) of every credential, without touching secrets."""
         rows, _ = self._db.execute("SELECT platform, appid FROM platform ORDER BY platform, appid")

@@ -51,6 +51,14 @@ class Cipher:
             raise DecryptError(
                 "a stored secret cannot be decrypted with any configured encryption_key") from None
 
+    def opens(self, stored: str) -> bool:
+        """Whether a configured key decrypts ``stored`` (plaintext: True)."""
+        try:
+            self.decrypt(stored)
+            return True
+        except DecryptError:
+            return False
+
     def rotate(self, stored: str) -> str:
         """Re-encrypt with the first key (plaintext rows get encrypted)."""
         if not is_encrypted(stored):
@@ -77,6 +85,9 @@ def load_cipher(settings: Settings) -> Cipher:
     instance folder (mode 0600) when none is configured."""
     if settings.encryption_key:
         keys = [k.strip() for k in settings.encryption_key.split(",") if k.strip()]
+        if not keys:
+            raise SettingsError(f"encryption_key={settings.encryption_key!r} is invalid: it names no key; allowed "
+                                "values are one or more Fernet keys separated by commas")
         for index, key in enumerate(keys, 1):
             try:
                 Fernet(key.encode())

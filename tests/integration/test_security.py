@@ -189,6 +189,50 @@ def test_production_refuses_to_start_with_auth_off_even_on_loopback(tmp_path: Pa
 
 
 @pytest.mark.parametrize("server", sorted(SERVERS))
+def test_a_wrong_encryption_key_stops_the_start_with_one_line(tmp_path: Path, server: str) -> None:
+    right, wrong = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings = {"sqlite_path": str(tmp_path / "p.sqlite3"), "port": 3999, "auth_required": False}
+    added = run_cli("platform", "add", "wechat", "wx_app_1", "--secret-file", "-", input="s3cr3t\n",
+                    env=clean_env(**settings, encryption_key=right))
+    assert added.returncode == 0, added.stderr
+    proc = subprocess.run(SERVERS[server], cwd=Path(__file__).parents[2],
+                          env=clean_env(**settings, encryption_key=wrong), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "encryption_key=<1 key(s)> is invalid: no configured key decrypts" in lines[0], lines
+    assert right not in proc.stderr and wrong not in proc.stderr
+    # The old key beside a new one (a rotation under way) opens them.
+    with_both = run_cli("platform", "list", env=clean_env(**settings, encryption_key=f"{wrong},{right}"))
+    assert with_both.returncode == 0 and "1 credential(s)" in with_both.stdout
+
+
+@pytest.mark.parametrize("value", [",", " , "])
+def test_an_encryption_key_naming_no_key_is_one_line(tmp_path: Path, value: str) -> None:
+    result = run_cli("platform", "list", env=clean_env(sqlite_path=str(tmp_path / "p.sqlite3"), encryption_key=value))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"pighand-token: bad setting: encryption_key={value!r} is invalid: it names no key; allowed values are one or "
+        "more Fernet keys separated by commas"]
+
+
+def test_readyz_reports_a_wrong_encryption_key_and_names_no_host(tmp_path: Path, wechat: FakeWeChat) -> None:
+    settings = {"sqlite_path": str(tmp_path / "p.sqlite3")}
+    right = Fernet.generate_key().decode()
+    run_cli("platform", "add", "wechat", "wx_app_1", "--secret-file", "-", input="s3cr3t\n",
+            env=clean_env(**settings, encryption_key=right))
+    other_key = Fernet.generate_key().decode()
+    wrong = create_app(overrides={**settings, **app_overrides(wechat), "encryption_key": other_key})
+    answer = wrong.test_client().get("/readyz")
+    assert answer.status_code == 503 and answer.get_json()["error"] == "not ready: encryption_key"
+    good = create_app(overrides={**settings, **app_overrides(wechat), "encryption_key": right})
+    assert good.test_client().get("/readyz").status_code == 200
+    down = create_app(overrides={"mysql_host": "127.0.0.1", "mysql_port": 9, "mysql_username": "svc_user",
+                                 **settings, **app_overrides(wechat)})
+    answer = down.test_client().get("/readyz")
+    assert answer.status_code == 503 and answer.get_json()["error"] == "not ready: mysql"
+
+
+@pytest.mark.parametrize("server", sorted(SERVERS))
 def test_auth_off_refuses_a_public_bind(tmp_path: Path, server: str) -> None:
     env = clean_env(sqlite_path=str(tmp_path / "p.sqlite3"), host="0.0.0.0", port=3999, auth_required=False)
     proc = subprocess.run(SERVERS[server], cwd=Path(__file__).parents[2],
