@@ -452,8 +452,8 @@ class SqlCredentialRepository:
     def sealed(self, limit: int | None = None) -> builtins.list[str]:
         """Stored secrets as they are in the table (encrypted ones only),
         to check the configured keys against."""
-        statement = "SELECT secret FROM platform WHERE secret LIKE 'fernet:%'"
-        rows, _ = self._db.execute(statement + (f" LIMIT {int(limit)}" if limit else ""))
+        statement = "SELECT secret FROM platform WHERE secret LIKE ?"
+        rows, _ = self._db.execute(statement + (f" LIMIT {int(limit)}" if limit else ""), ("fernet:%",))
         return [r[0] for r in rows]
 
     def keys(self) -> builtins.list[tuple[str, str]]:

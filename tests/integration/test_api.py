@@ -186,6 +186,22 @@ def test_unknown_appid_is_404(make_app: Any, wechat: FakeWeChat) -> None:
     assert wechat.count() == 0
 
 
+def test_an_appid_in_another_case_is_another_app_on_every_store(make_app: Any, wechat: FakeWeChat,
+                                                                 kind: str) -> None:
+    app = make_app(kind)
+    seed(app)
+    client = app.test_client()
+    token = body(client.get(f"/token/wechat/{APP}"))["data"]
+    for variant in (APP.upper(), "Wx_App_1"):
+        answer = client.get(f"/token/wechat/{variant}")
+        assert answer.status_code == 404 and token not in answer.get_data(as_text=True)
+        assert client.put(f"/token/wechat/{variant}").status_code == 404
+    assert wechat.count() == 1  # the variants never reached the platform
+    # ... and put the real app in no cooldown: it refreshes at once.
+    refreshed = client.put(f"/token/wechat/{APP}")
+    assert refreshed.status_code == 200 and body(refreshed)["data"] != token
+
+
 @pytest.mark.parametrize("appid", ["bad!id", "a" * 129, "x%20y"])
 def test_malformed_appid_is_400(make_app: Any, appid: str) -> None:
     answer = make_app().test_client().get(f"/token/wechat/{appid}")

@@ -103,7 +103,7 @@ def test_an_empty_database_is_upgraded_to_head_and_db_current_and_history_say_so
     assert migrations.current(store.db) == migrations.head()
     assert f": {migrations.head()} (head)" in store.cli("db", "current")
     history = store.cli("db", "history").splitlines()
-    assert [line.split()[0] for line in history] == ["0001", "0002"]
+    assert [line.split()[0] for line in history] == ["0001", "0002", "0003"]
     assert history[-1].endswith("(head)") and "adopt the schema" in history[0]
     shape = store.schema()
     assert set(shape) == TABLES
@@ -189,6 +189,28 @@ def test_the_original_services_platform_table_is_adopted_with_its_rows(store: St
     with pytest.raises(sa.exc.IntegrityError):
         store.raw("INSERT INTO platform (platform, appid, secret) VALUES (?, ?, ?)", ORIGINAL_ROWS[0])
     assert "added" not in store.cli("db", "upgrade")
+
+
+def test_identifiers_compare_exactly_after_upgrade_on_every_dialect(store: Store) -> None:
+    # The original service's table and a 0002 database: MySQL's default
+    # collation matched appids whatever their case.
+    store.raw(ORIGINAL_PLATFORM_TABLE[store.db.dialect])
+    store.raw("INSERT INTO platform (platform, appid, secret) VALUES (?, ?, ?)", ("wechat", "wxgood3", "s-1"))
+    migrations.upgrade(store.db, "0002")
+    if store.kind == "mysql":
+        assert store.raw("SELECT appid FROM platform WHERE appid = ?", ("WXGOOD3",)) == [("wxgood3",)]
+    store.cli("db", "upgrade")
+    assert store.raw("SELECT appid FROM platform WHERE appid = ?", ("WXGOOD3",)) == []
+    assert store.raw("SELECT appid FROM platform WHERE appid = ?", ("wxgood3",)) == [("wxgood3",)]
+    # A case variant is another credential now, not a duplicate.
+    store.raw("INSERT INTO platform (platform, appid, secret) VALUES (?, ?, ?)", ("wechat", "WXGOOD3", "s-2"))
+    assert sorted(store.raw("SELECT appid, secret FROM platform")) == [("WXGOOD3", "s-2"), ("wxgood3", "s-1")]
+    if store.kind == "mysql":
+        collations = store.raw(
+            "SELECT TABLE_NAME, COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "
+            "DATABASE() AND COLUMN_NAME IN ('platform', 'appid', 'name', 'key_hash', 'client', 'app_id', "
+            "'auth_app_id', 'user_id') AND TABLE_NAME != ?", (migrations.VERSION_TABLE,))
+        assert len(collations) == 16 and all(c.endswith("_bin") for _, _, c in collations), collations
 
 
 def _empty(store: Store, tmp_path: Path) -> dict[str, Any]:
