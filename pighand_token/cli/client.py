@@ -8,7 +8,7 @@ import click
 from flask.cli import AppGroup
 
 from ..core.auth import NAME_PATTERN, hash_key, new_key
-from ..core.domain import Client, valid_appid
+from ..core.domain import METRICS_SCOPE, Client, valid_appid
 from ..core.errors import PighandError
 from .common import container as _container
 from .common import fail, operator, when
@@ -19,7 +19,8 @@ client_cli = AppGroup("client", help="API clients and their keys.")
 @client_cli.command("add")
 @click.argument("name")
 @click.option("--app", "apps", multiple=True, metavar="PLATFORM:APPID",
-              help="An app the key may use (repeat; PLATFORM:* for every app of a platform).")
+              help="An app the key may use (repeat; PLATFORM:* for every app of a platform; 'metrics' for "
+                   "/metrics alone, the key Prometheus sends).")
 @click.option("--all-apps", is_flag=True, help="The key may use every app.")
 def client_add(name: str, apps: tuple[str, ...], all_apps: bool) -> None:
     """Create a client and print its new key (shown only this once)."""
@@ -31,6 +32,9 @@ def client_add(name: str, apps: tuple[str, ...], all_apps: bool) -> None:
     platforms = container.service.platforms()
     scopes = ["*"] if all_apps else []
     for scope in apps:
+        if scope == METRICS_SCOPE:
+            scopes.append(scope)
+            continue
         platform, sep, appid = scope.partition(":")
         if not sep or platform not in platforms:
             raise click.ClickException(

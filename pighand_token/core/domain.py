@@ -119,6 +119,15 @@ class Client:
     def allows(self, platform: str, appid: str) -> bool:
         return self.all_apps or f"{platform}:{appid}" in self.scopes or f"{platform}:*" in self.scopes
 
+    @property
+    def reads_metrics(self) -> bool:
+        """The ``metrics`` scope: /metrics (which lists every app and its
+        state) and nothing else; app scopes, ``*`` included, do not give it."""
+        return METRICS_SCOPE in self.scopes
+
+
+METRICS_SCOPE = "metrics"
+
 
 @dataclass(frozen=True)
 class AuditEntry:

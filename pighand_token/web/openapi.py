@@ -128,11 +128,12 @@ def build_document(*, platforms: Sequence[str], ticket_types: Mapping[str, Seque
 
 def _description(auth_required: bool) -> str:
     auth = ("This server requires an API key on the token, ticket and status-page routes: send "
-            "`Authorization: Bearer <key>` or `X-Api-Key: <key>`. `/healthz`, `/readyz`, `/metrics` and "
-            "`/openapi.json` need none."
+            "`Authorization: Bearer <key>` or `X-Api-Key: <key>`, and `/metrics` one with the `metrics` scope. "
+            "`/healthz`, `/readyz` and `/openapi.json` need none."
             if auth_required else
             "This server runs with `auth_required` off: no route needs a key. With it on, the token, ticket "
-            "and status-page routes take `Authorization: Bearer <key>` or `X-Api-Key: <key>`.")
+            "and status-page routes take `Authorization: Bearer <key>` or `X-Api-Key: <key>`, and `/metrics` "
+            "a key with the `metrics` scope.")
     return (
         "Every JSON answer, errors included, is the envelope "
         '`{"code": <HTTP status>, "data": <token or null>, "error": "<message>"}`. '
@@ -247,14 +248,17 @@ def _operations(platforms: list[str], ticket_types: Mapping[str, Sequence[str]],
         "summary": "Prometheus metrics",
         "description": "The Prometheus text exposition: requests, token lookups by tier, platform calls, "
                        "refresh latency, seconds until expiry, lock waits, scheduler ticks. No token or "
-                       "secret appears.",
+                       "secret appears."
+                       + (" It lists every app and its state, so it needs a key with the `metrics` scope "
+                          "(`pighand-token client add prometheus --app metrics`), sent as a bearer token."
+                          if auth_required else ""),
         "parameters": [request_id],
-        "security": [],
+        "security": secured,
         "responses": _responses({
             "description": "Metrics in the Prometheus text format.",
             "headers": _headers(),
             "content": {"text/plain": {"schema": {"type": "string"}}},
-        }, [500]),
+        }, [*auth_statuses, 500]),
     }
     page_errors: Json = {"500": _html("Anything unexpected, as a page (logged; no trace is sent)."),
                          "503": _html("A store is unavailable, as a page naming it.")}

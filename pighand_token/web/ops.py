@@ -1,15 +1,17 @@
-"""Operations: liveness, readiness and metrics. No key needed: they show no
-token and no secret."""
+"""Operations: liveness, readiness and metrics. /healthz and /readyz need no
+key (they show no token, no secret and no address); /metrics, which lists
+every app and its state, needs a key with the ``metrics`` scope wherever
+``auth_required`` is on."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, g
 
 from ..adapters import prometheus
-from ..core.errors import PighandError
+from ..core.errors import Forbidden, PighandError
 from .envelope import envelope
 
 bp = Blueprint("ops", __name__)
@@ -46,7 +48,16 @@ def readyz() -> Response:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    service = _container().service
+    from .api import api_key
+
+    container = _container()
+    if container.settings.auth_required:
+        client = container.clients.authenticate(api_key())
+        if not client.reads_metrics:
+            raise Forbidden(f"client {client.name!r} may not read /metrics: add a key with the metrics scope "
+                            "(pighand-token client add prometheus --app metrics)")
+        g.client = client.name
+    service = container.service
 
     def token_rows() -> list[tuple[str, str, float | None, str]]:
         try:

@@ -26,7 +26,7 @@ from tests.fakes.wechat import FakeWeChat
 EXAMPLE_APPID = "wx1234567890abcdef"
 TOKEN_PATH = "/token/{platform}/{appid}"
 TICKET_PATH = "/ticket/{platform}/{appid}/{ticket_type}"
-NO_KEY_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
+NO_KEY_PATHS = ("/healthz", "/readyz", "/openapi.json")
 ENVELOPE_REF = "#/components/schemas/Envelope"
 # Not positive_data_acceptance: a platform's own appid form (WeCom <corpid>:<agentid>, Alipay
 # <app_id>:<auth_app_id>) depends on the platform parameter, which a parameter schema cannot say,
@@ -145,8 +145,9 @@ def test_each_operation_lists_the_statuses_it_can_answer(make_app: Any) -> None:
     assert statuses[(TICKET_PATH, "get")] == {"200", "400", "401", "403", "404", "429", "500", "502", "503", "504"}
     assert statuses[("/readyz", "get")] == {"200", "500", "503"}
     assert statuses[("/", "get")] == {"200", "401", "500", "503"}
-    for path in ("/healthz", "/metrics", "/openapi.json"):
+    for path in ("/healthz", "/openapi.json"):
         assert statuses[(path, "get")] == {"200", "500"}
+    assert statuses[("/metrics", "get")] == {"200", "401", "403", "500"}
     assert set(ops[("/metrics", "get")]["responses"]["200"]["content"]) == {"text/plain"}
     assert set(ops[("/", "get")]["responses"]["200"]["content"]) == {"text/html"}
     too_many = resolve(doc, ops[(TOKEN_PATH, "put")]["responses"]["429"])

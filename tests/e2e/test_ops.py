@@ -39,6 +39,7 @@ def test_health_metrics_and_logs_under_three_workers(tmp_path: Path, wechat: Fak
     seed(settings, (APP, SECRET))
     env = clean_env(**settings)
     key = run_cli("client", "add", "billing", "--all-apps", env=env).stdout.strip()
+    prom = run_cli("client", "add", "prometheus", "--app", "metrics", env=env).stdout.strip()
     with Server(tmp_path, workers=3, wechat_api_base=wechat.base_url, is_enable_schedule=True,
                   auth_required=True, log_level="info", **settings) as server:
         base = server.base_url
@@ -52,13 +53,21 @@ def test_health_metrics_and_logs_under_three_workers(tmp_path: Path, wechat: Fak
             assert answer.status_code == 200 and answer.headers["X-Request-Id"] == f"r-{i}"
             tokens.add(answer.json()["data"])
         assert requests.get(f"{base}/token/wechat/nope", headers=headers, timeout=10).status_code == 404
+        # /metrics lists every app: no key is 401, an app key 403, the metrics key reads it.
+        assert requests.get(f"{base}/metrics", timeout=10).status_code == 401
+        refused = requests.get(f"{base}/metrics", headers=headers, timeout=10)
+        assert refused.status_code == 403 and "metrics scope" in refused.json()["error"]
+        assert "pighand_" not in refused.text
         # Every worker answers scrapes with the sum over all workers.
-        scrapes = [requests.get(f"{base}/metrics", timeout=10).text for _ in range(6)]
+        scrapes = [requests.get(f"{base}/metrics", headers={"Authorization": f"Bearer {prom}"}, timeout=10).text
+                   for _ in range(6)]
+        assert requests.get(f"{base}/token/wechat/{APP}", headers={"X-Api-Key": prom}, timeout=10).status_code == 403
         log = server.log()
     for metrics in scrapes:
         assert sample(metrics, "pighand_http_requests_total", route="/token/<platform>/<appid>", method="GET",
                       status="200") == 30
         assert sample(metrics, "pighand_http_requests_total", status="404") >= 1
+        assert sample(metrics, "pighand_http_requests_total", route="/metrics", status="401") == 1
         assert sample(metrics, "pighand_platform_calls_total", platform="wechat", outcome="ok") == 1
         assert sample(metrics, "pighand_token_lookups_total", tier="platform") == 1
         assert sample(metrics, "pighand_token_lookups_total", tier="redis") + sample(
@@ -66,7 +75,7 @@ def test_health_metrics_and_logs_under_three_workers(tmp_path: Path, wechat: Fak
         assert sample(metrics, "pighand_scheduler_ticks_total", outcome="ran") == 1
         assert 7000 < sample(metrics, "pighand_token_expires_in_seconds", platform="wechat", appid=APP) <= 7200
         assert sample(metrics, "pighand_refresh_seconds_count", platform="wechat") == 1
-        for secret in (SECRET, key, *tokens):
+        for secret in (SECRET, key, prom, *tokens):
             assert secret not in metrics
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     requests_logged = [e for e in lines if e.get("kind") == "request" and e.get("route", "").startswith("/token")]
