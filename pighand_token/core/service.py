@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 
-from .domain import Cooldown, Token, TokenKey, valid_appid
+from .domain import Cooldown, Credential, Token, TokenKey, valid_appid
 from .errors import (
     BadRequest,
     NotFound,
@@ -93,6 +93,14 @@ class Policy:
 
 
 @dataclass
+class _Flight:
+    """One token's in-process lock and the threads holding or awaiting it."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
+
+
+@dataclass
 class RefreshReport:
     refreshed: list[TokenKey] = field(default_factory=list)
     fresh: list[TokenKey] = field(default_factory=list)
@@ -151,7 +159,10 @@ class TokenService:
         self.clock = clock
         self.policy = policy or Policy()
         self._sleep = sleep
-        self._flights: dict[TokenKey, threading.Lock] = {}
+        # Per token: its lock and how many threads hold or wait for it; the
+        # entry goes when the last leaves, so appids asked once (unknown
+        # ones included) leave nothing behind.
+        self._flights: dict[TokenKey, _Flight] = {}
         self._flights_mutex = threading.Lock()
         self._warned_at: dict[str, float] = {}
 
@@ -175,7 +186,7 @@ class TokenService:
         """A token good for at least the margin: from the first tier that has
         one, else from the platform (one call across all workers)."""
         key = self.key(platform, appid)
-        return self._obtain(key, lambda: self._fetch_and_store(key))
+        return self._obtain(key, lambda: self._fetch_and_store(key), known=lambda: self._credential(key))
 
     def cached(self, key: TokenKey) -> Token | None:
         """The token if the first tier (the worker's memory, kept coherent by
@@ -202,13 +213,19 @@ class TokenService:
             supported = f"supported types: {', '.join(types)}" if types else f"{platform} has no tickets"
             raise NotFound(f"unknown ticket type {ticket_type!r}; {supported}")
         ticket_key = TokenKey(f"{platform}_{ticket_type}_ticket", appid)
-        return self._obtain(ticket_key, lambda: self._fetch_ticket(key, ticket_key, ticket_type))
+        return self._obtain(ticket_key, lambda: self._fetch_ticket(key, ticket_key, ticket_type),
+                            known=lambda: self._credential(key))
 
-    def _obtain(self, key: TokenKey, fetch: Callable[[], Token]) -> Token:
+    def _obtain(self, key: TokenKey, fetch: Callable[[], Token], known: Callable[[], object]) -> Token:
+        """``key``'s servable token, else ``fetch()`` under its lock; ``known()``
+        raises UnknownApp before any lock is taken (an invented appid costs
+        one read and writes nothing)."""
         found = self._read(key)
         if found.servable is not None:
             return found.servable
         usable = found.usable
+        if usable is None:
+            known()
 
         def work() -> Token:
             # Whoever held the lock before us may have fetched it already.
@@ -242,6 +259,8 @@ class TokenService:
         """
         key = self.key(platform, appid)
         requested_at = self.clock()
+        # An unknown app is 404 before it takes a lock or a counter row.
+        self._credential(key)
 
         def work() -> Token:
             current = self._read_shared(key)
@@ -458,26 +477,37 @@ class TokenService:
         servable token, or 503)."""
         wait_s = 0.0 if on_busy is not None else self.policy.lock_wait_s
         busy = on_busy or on_timeout or (lambda: self._waited_too_long(key))
-        flight = self._flight(key)
-        started = time.monotonic()
-        acquired = flight.acquire(timeout=wait_s) if wait_s > 0 else flight.acquire(blocking=False)
-        if not acquired:
-            self.metrics.lock_wait(time.monotonic() - started)
-            return busy()
+        flight = self._enter_flight(key)
         try:
-            with self.locks.hold(f"token:{key.platform}:{key.appid}", lease_s=self.policy.lock_lease_s,
-                                 wait_s=wait_s) as held:
+            started = time.monotonic()
+            acquired = flight.acquire(timeout=wait_s) if wait_s > 0 else flight.acquire(blocking=False)
+            if not acquired:
                 self.metrics.lock_wait(time.monotonic() - started)
-                return work() if held else busy()
+                return busy()
+            try:
+                with self.locks.hold(f"token:{key.platform}:{key.appid}", lease_s=self.policy.lock_lease_s,
+                                     wait_s=wait_s) as held:
+                    self.metrics.lock_wait(time.monotonic() - started)
+                    return work() if held else busy()
+            finally:
+                flight.release()
         finally:
-            flight.release()
+            self._leave_flight(key)
 
-    def _flight(self, key: TokenKey) -> threading.Lock:
+    def _enter_flight(self, key: TokenKey) -> threading.Lock:
         with self._flights_mutex:
             flight = self._flights.get(key)
             if flight is None:
-                flight = self._flights[key] = threading.Lock()
-            return flight
+                flight = self._flights[key] = _Flight()
+            flight.users += 1
+            return flight.lock
+
+    def _leave_flight(self, key: TokenKey) -> None:
+        with self._flights_mutex:
+            flight = self._flights[key]
+            flight.users -= 1
+            if flight.users == 0:
+                del self._flights[key]
 
     def _waited_too_long(self, key: TokenKey, not_this: str | None = None) -> Token:
         token = self._read(key).servable
@@ -487,13 +517,17 @@ class TokenService:
         raise Unavailable(f"timed out waiting for another worker's refresh of {key}; try again",
                           retry_after_s=self.policy.lock_lease_s - self.policy.lock_wait_s)
 
-    def _fetch_and_store(self, key: TokenKey, *, replacing: str | None = None) -> Token:
+    def _credential(self, key: TokenKey) -> Credential:
+        """The credential that serves ``key`` (as the token's appid), or UnknownApp."""
         provider = self.providers[key.platform]
         credential = self.credentials.get(key.platform, provider.credential_appid(key.appid))
         if credential is None:
             raise UnknownApp(key.platform, provider.credential_appid(key.appid))
-        if credential.appid != key.appid:
-            credential = replace(credential, appid=key.appid)
+        return credential if credential.appid == key.appid else replace(credential, appid=key.appid)
+
+    def _fetch_and_store(self, key: TokenKey, *, replacing: str | None = None) -> Token:
+        provider = self.providers[key.platform]
+        credential = self._credential(key)
         cooldown = self._cooldown(key)
         if cooldown is not None and cooldown.active(self.clock()):
             raise self._resting(key, cooldown)

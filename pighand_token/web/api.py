@@ -57,7 +57,10 @@ def refresh_token(platform: str, appid: str) -> Response:
     try:
         token = _service().refresh(platform, appid, stale_token=stale, caller=g.client or "anonymous")
     except PighandError as exc:
-        audit.record("token.refresh", f"failed {exc.status}: {exc.message}", **where)
+        if exc.status == 404:  # no such app (or platform): anyone may invent appids
+            audit.record_refusal("token.refresh", exc.status, exc.message, **where)
+        else:
+            audit.record("token.refresh", f"failed {exc.status}: {exc.message}", **where)
         raise
     audit.record("token.refresh", "ok", **where)
     return envelope(token.value)
