@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -205,6 +206,57 @@ class RedisClusterProcs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+class PrivateMariaDB:
+    """A mariadbd of a test's own on a free loopback port (grant tables
+    skipped: root, no password), for freezing (SIGSTOP) and killing."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PrivateMariaDB:
+        data = self.folder / "data"
+        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root",
+                        "--auth-root-authentication-method=normal", "--skip-test-db"],
+                       check=True, capture_output=True, timeout=120)
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={data}", "--user=root", f"--port={self.port}",
+             "--bind-address=127.0.0.1", f"--socket={self.folder / 'mariadb.sock'}", "--skip-grant-tables",
+             "--innodb-buffer-pool-size=16M", "--skip-log-bin", f"--log-error={self.folder / 'error.log'}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port("127.0.0.1", self.port, timeout_s=30)
+        return self
+
+    def settings(self, database: str = "pighand") -> dict[str, Any]:
+        return {"mysql_host": "127.0.0.1", "mysql_port": self.port, "mysql_username": "root",
+                "mysql_password": "", "mysql_database": database}
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def private_mariadb(tmp_path: Path) -> Iterator[PrivateMariaDB]:
+    server = PrivateMariaDB(tmp_path / "mariadb")
+    server.folder.mkdir()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
 
 
 def _bindable(port: int) -> bool:

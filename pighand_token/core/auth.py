@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import logging
 import math
+import os
 import re
 import secrets
 import threading
@@ -55,6 +56,13 @@ def hash_key(key: str) -> str:
 
 
 class ClientRegistry:
+    """The API clients as a view in memory, for the key check of every
+    request: no SQL on a request's path once the first view is loaded. A
+    thread of the process reloads the view every ``reload_s`` (so a revoked
+    key stops working within about that long) and writes the batched
+    last-use times; while the store is slow or down the last good view goes
+    on serving and the thread waits, not the callers."""
+
     def __init__(self, repo: ClientRepository, clock: Clock, *, reload_s: float = 2.0,
                  touch_every_s: float = 60.0) -> None:
         self.repo = repo
@@ -62,9 +70,11 @@ class ClientRegistry:
         self._reload_s = reload_s
         self._touch_every_s = touch_every_s
         self._by_hash: dict[str, Client] | None = None
-        self._loaded_at = -math.inf
         self._touched: dict[str, float] = {}
+        self._pending_touches: dict[str, float] = {}
         self._mutex = threading.Lock()
+        self._refresher_pid = 0
+        self._failing = False
 
     def authenticate(self, key: str | None) -> Client:
         if not key:
@@ -94,32 +104,67 @@ class ClientRegistry:
             raise Forbidden(f"client {client.name!r} may not use {platform} appid {appid!r}")
 
     def invalidate(self) -> None:
-        self._loaded_at = -math.inf
+        """Load the view afresh on next use (a command that changed clients
+        in this process)."""
+        with self._mutex:
+            self._by_hash = None
 
     def _view(self) -> dict[str, Client]:
-        now = time.monotonic()
         view = self._by_hash
-        if view is not None and now - self._loaded_at < self._reload_s:
+        if self._refresher_pid != os.getpid():
+            self._start_refresher()
+        if view is not None:
             return view
-        with self._mutex:
-            if self._by_hash is not None and time.monotonic() - self._loaded_at < self._reload_s:
-                return self._by_hash
-            try:
-                self._by_hash = {c.key_hash: c for c in self.repo.list()}
-            except PighandError as exc:
-                if self._by_hash is None:
-                    raise
-                # Keep serving the last view rather than lock every caller out.
-                log.warning("cannot reload API clients, using the last view: %s", exc.message)
-            self._loaded_at = time.monotonic()
+        with self._mutex:  # the first use in this process: nothing to serve yet
+            if self._by_hash is None:
+                self._by_hash = self._load()
             return self._by_hash
 
+    def _load(self) -> dict[str, Client]:
+        return {c.key_hash: c for c in self.repo.list()}
+
+    def _start_refresher(self) -> None:
+        with self._mutex:
+            if self._refresher_pid == os.getpid():
+                return
+            # Started in the process that serves (a forked worker starts its own).
+            self._refresher_pid = os.getpid()
+            threading.Thread(target=self._refresh_forever, name="pighand-clients", daemon=True).start()
+
+    def _refresh_forever(self) -> None:
+        while True:
+            time.sleep(self._reload_s)
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Reload the view and write the pending last-use times (the
+        refresher's one round; a failure keeps the last view)."""
+        try:
+            view = self._load()
+        except PighandError as exc:
+            if not self._failing:
+                log.warning("cannot reload API clients, serving the last view: %s", exc.message)
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("API clients reloaded again")
+            self._failing = False
+            with self._mutex:
+                self._by_hash = view
+        with self._mutex:
+            pending, self._pending_touches = self._pending_touches, {}
+        for name, at in pending.items():
+            try:
+                self.repo.touch(name, at)
+            except PighandError as exc:
+                log.warning("cannot record last use of client %s: %s", name, exc.message)
+                break
+
     def _touch(self, client: Client) -> None:
+        """Note the last use (at most once per ``touch_every_s`` per client);
+        the refresher writes it."""
         now = self._clock()
         if now - self._touched.get(client.name, -math.inf) < self._touch_every_s:
             return
         self._touched[client.name] = now
-        try:
-            self.repo.touch(client.name, now)
-        except PighandError as exc:
-            log.warning("cannot record last use of client %s: %s", client.name, exc.message)
+        self._pending_touches[client.name] = now
