@@ -57,6 +57,11 @@ log = logging.getLogger(__name__)
 ANSWERED_BY: ContextVar[str | None] = ContextVar("answered_by", default=None)
 
 MAX_COOLDOWN_S = 300.0
+# An app with nothing left to serve, failing for a transient reason (5xx,
+# timeouts, busy): one probing call this often at most, so the first good
+# token comes within this long of the platform's recovery, at 4 calls a
+# minute (quota) while it is down.
+OUTAGE_PROBE_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -534,7 +539,9 @@ class TokenService:
         previous = self._newest_unexpired(key) if getattr(provider, "keeps_token_until_expiry", False) else None
         started = time.monotonic()
         try:
-            token = self._retrying(lambda: provider.fetch(credential, replacing=replacing), key)
+            # Inside an outage (the previous call failed too), one call: no retries.
+            token = self._retrying(lambda: provider.fetch(credential, replacing=replacing), key,
+                                   attempts=1 if cooldown is not None else None)
         except UpstreamError as exc:
             self._record_failure(key, cooldown, exc)
             raise
@@ -591,6 +598,8 @@ class TokenService:
     def _record_failure(self, key: TokenKey, previous: Cooldown | None, exc: UpstreamError) -> None:
         failures = (previous.failures if previous else 0) + 1
         pause_s = self.policy.cooldown_s(failures, exc.pause_s)
+        if exc.retryable and not exc.pause_s and pause_s > OUTAGE_PROBE_S and self._newest_unexpired(key) is None:
+            pause_s = OUTAGE_PROBE_S
         cooldown = Cooldown(failures, self.clock() + pause_s, exc.platform_message, exc.errcode)
         try:
             self.cooldowns.record(key, cooldown)
@@ -611,10 +620,12 @@ class TokenService:
         error.headers["Retry-After"] = str(wait_s)
         return error
 
-    def _retrying(self, call: Callable[[], Token], key: TokenKey) -> Token:
+    def _retrying(self, call: Callable[[], Token], key: TokenKey, attempts: int | None = None) -> Token:
         """Call the platform, retrying transient failures (5xx, timeouts,
-        WeChat -1) with exponential backoff and jitter inside the budget;
-        configuration errors are raised at once."""
+        WeChat -1) with exponential backoff and jitter inside the budget, up
+        to ``attempts`` calls (default: the policy's); configuration errors
+        are raised at once."""
+        attempts = attempts or self.policy.retry_attempts
         deadline = time.monotonic() + self.policy.upstream_budget_s
         attempt = 0
         while True:
@@ -626,7 +637,7 @@ class TokenService:
                 self._platform_call(key, attempt, started, exc)
                 log.warning("%s call for appid %s failed (attempt %d): %s",
                             key.platform, key.appid, attempt, exc.message)
-                if not exc.retryable or attempt >= self.policy.retry_attempts:
+                if not exc.retryable or attempt >= attempts:
                     raise
                 delay = self.policy.retry_base_s * 2 ** (attempt - 1) * (0.5 + random.random())
                 if time.monotonic() + delay + self.policy.upstream_timeout_s > deadline:

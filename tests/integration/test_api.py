@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from tests.conftest import STORAGE_KINDS, mysql_rows
+from pighand_token.app import create_app
+from tests.conftest import STORAGE_KINDS, app_overrides, mysql_rows, storage_overrides
 from tests.fakes.wechat import FakeWeChat
 
 APP = "wx_app_1"
@@ -347,6 +349,31 @@ def test_a_4xx_page_is_not_retried(make_app: Any, wechat: FakeWeChat) -> None:
     answer = app.test_client().get(f"/token/wechat/{APP}")
     assert answer.status_code == 502 and "HTTP 404" in body(answer)["error"]
     assert wechat.count() == 1
+
+
+@pytest.mark.parametrize("serving_path", ["flask"], indirect=True)  # the service's clock is this test's
+def test_an_app_with_nothing_to_serve_recovers_within_15_s_of_an_outage(
+        tmp_path: Path, request: pytest.FixtureRequest, wechat: FakeWeChat) -> None:
+    now = [time.time()]
+    app = create_app(overrides={**storage_overrides("sqlite", request, tmp_path), **app_overrides(wechat)},
+                     clock=lambda: now[0])
+    seed(app)
+    client = app.test_client()
+    wechat.fail_next(10_000, status=503)
+    calls: list[float] = []  # service-clock times of the platform calls
+    for _ in range(240):  # 120 s of outage, a GET every 0.5 s
+        before = wechat.count()
+        assert client.get(f"/token/wechat/{APP}").status_code == 502
+        calls += [now[0]] * (wechat.count() - before)
+        now[0] += 0.5
+    # After the first attempt's retries, one call per probe: 4 a minute.
+    last_minute = [t for t in calls if t >= now[0] - 60]
+    assert len(last_minute) <= 4, (len(calls), last_minute)
+    wechat.clear_faults()
+    recovered = now[0]
+    while client.get(f"/token/wechat/{APP}").status_code != 200:
+        now[0] += 0.5
+        assert now[0] - recovered <= 15, "no token within 15 s of the platform's recovery"
 
 
 def test_classic_transport_error_hides_secret_in_url(make_app: Any, wechat: FakeWeChat) -> None:
