@@ -186,6 +186,7 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
     service = TokenService(
         credentials=credentials, stores=stores, fallback=fallback, locks=locks, providers=providers,
         cooldowns=cooldowns, counters=counters, metrics=PrometheusMetrics(), clock=clock, policy=policy,
+        local=memory,
     )
     return Container(settings=settings, db=db, credentials=credentials, stores=stores, locks=locks,
                      service=service, http=http, cipher=cipher, clients=ClientRegistry(SqlClients(db), clock),

@@ -31,6 +31,9 @@ class MemoryTokenStore:
         # that was in flight when it was written (an older token read from a
         # shared tier just before) must not put the older token back.
         self._floors: dict[TokenKey, float] = {}
+        # What clear() dropped: no longer served from here, but still known
+        # good unless a newer token turns up (see recall()).
+        self._unconfirmed: dict[TokenKey, Token] = {}
         self._mutex = threading.Lock()
 
     def get(self, key: TokenKey) -> Token | None:
@@ -52,11 +55,13 @@ class MemoryTokenStore:
             if current is not None and current[0].fetched_at > token.fetched_at:
                 return False
             self._entries[key] = (token, self._clock())
+            self._unconfirmed.pop(key, None)
             return True
 
     def delete(self, key: TokenKey) -> None:
         with self._mutex:
             self._entries.pop(key, None)
+            self._unconfirmed.pop(key, None)
 
     def drop_older(self, key: TokenKey, fetched_at: float) -> None:
         with self._mutex:
@@ -65,10 +70,25 @@ class MemoryTokenStore:
             current = self._entries.get(key)
             if current is not None and current[0].fetched_at < fetched_at:
                 del self._entries[key]
+            unconfirmed = self._unconfirmed.get(key)
+            if unconfirmed is not None and unconfirmed.fetched_at < fetched_at:
+                del self._unconfirmed[key]
 
     def clear(self) -> None:
+        """Serve nothing held until the shared tiers confirm it; keep each
+        token for :meth:`recall` (the follower lost its announcements: Redis
+        restarted, perhaps empty)."""
         with self._mutex:
+            for key, (token, _) in self._entries.items():
+                self._unconfirmed[key] = token
             self._entries.clear()
+
+    def recall(self, key: TokenKey) -> Token | None:
+        """The token :meth:`clear` set aside for ``key``, once: for the shared
+        tiers to get back when they lost it (a Redis restarted empty), rather
+        than a platform call for a token this worker knows is good."""
+        with self._mutex:
+            return self._unconfirmed.pop(key, None)
 
 
 class MemoryCredentialRepository:

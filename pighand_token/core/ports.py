@@ -66,7 +66,11 @@ class LocalTokenCache(TokenStore, Protocol):
         now on (a read in flight may still bring one)."""
 
     def clear(self) -> None:
-        """Drop every entry (announcements may have been missed)."""
+        """Serve no entry until a shared tier confirms it (announcements may
+        have been missed), keeping each for :meth:`recall`."""
+
+    def recall(self, key: TokenKey) -> Token | None:
+        """The token :meth:`clear` set aside for ``key`` (once), or None."""
 
 
 class TokenChanges(Protocol):

@@ -43,6 +43,7 @@ from .ports import (
     Counters,
     CredentialRepository,
     FallbackStore,
+    LocalTokenCache,
     Locks,
     Metrics,
     NoMetrics,
@@ -148,10 +149,14 @@ class TokenService:
     def __init__(self, *, credentials: CredentialRepository, stores: Sequence[TokenStore], locks: Locks,
                  providers: Mapping[str, Provider], cooldowns: Cooldowns, fallback: FallbackStore | None = None,
                  counters: Counters | None = None, metrics: Metrics | None = None, clock: Clock = time.time,
-                 policy: Policy | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 policy: Policy | None = None, sleep: Callable[[float], None] = time.sleep,
+                 local: LocalTokenCache | None = None) -> None:
         if not any(s.shared for s in stores) and fallback is None:
             raise ValueError("at least one shared token store is required")
         self.credentials = credentials
+        # The worker's own tier (also in ``stores``): what it set aside when
+        # it lost track of the shared tiers goes back to them (recall).
+        self.local = local
         self.stores = list(stores)
         self.fallback = fallback
         self._read_order: list[TokenStore] = self.stores + ([fallback] if fallback is not None else [])
@@ -231,6 +236,9 @@ class TokenService:
         usable = found.usable
         if usable is None:
             known()
+            recalled = self._recall(key)
+            if recalled is not None:
+                return recalled
 
         def work() -> Token:
             # Whoever held the lock before us may have fetched it already.
@@ -406,6 +414,21 @@ class TokenService:
             if now < token.expires_at and token.newer_than(found.usable):
                 found.usable = token
         return found
+
+    def _recall(self, key: TokenKey) -> Token | None:
+        """Every tier missed, but this worker's memory set the token aside
+        when it lost track of the shared tiers (Redis restarted, empty): if it
+        is still servable, write it back to them and serve it, instead of a
+        platform call for a token that is still good."""
+        if self.local is None:
+            return None
+        token = self.local.recall(key)
+        if token is None or not token.servable(self.clock(), self.policy.margin_s):
+            return None
+        self._write(key, token)
+        self._answered(key, self.local.name)
+        log.info("%s: the shared tiers had no token; wrote back the one this worker held", key)
+        return token
 
     def _read_shared(self, key: TokenKey) -> Token | None:
         """The newest servable token of the shared tiers (what every worker sees)."""

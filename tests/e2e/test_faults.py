@@ -1,18 +1,27 @@
-"""Faults on real processes: a store that freezes, with the shipped server
-serving authenticated, cached GETs."""
+"""Faults on real processes: a store that freezes, a Redis that comes back
+empty, with the shipped server serving."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
 
+import redis
 import requests
 
-from tests.conftest import REDIS, PrivateMariaDB, Server, clean_env, run_cli
+from tests.conftest import REDIS, PrivateMariaDB, Server, clean_env, free_port, run_cli
+from tests.e2e.test_workers import envelope
 from tests.fakes.wechat import FakeWeChat
+from tests.integration.test_redis_connections import wait_ping
 
 APP, SECRET = "wx_app_1", "s3cr3t-wx-1"
+
+
+def get(url: str) -> requests.Response:
+    # A fresh connection each time, so the answers come from both workers.
+    return requests.get(url, timeout=10, headers={"Connection": "close"})
 
 
 def test_a_frozen_mariadb_stalls_no_cached_get(tmp_path: Path, wechat: FakeWeChat, private_mariadb: PrivateMariaDB,
@@ -58,3 +67,52 @@ def test_a_frozen_mariadb_stalls_no_cached_get(tmp_path: Path, wechat: FakeWeCha
         assert len(latencies) > 1000
         p99 = sorted(latencies)[int(len(latencies) * 0.99)]
         assert p99 < 0.05, (p99, max(latencies))
+
+
+def test_redis_restarted_empty_gets_its_tokens_back_from_the_workers_memory(tmp_path: Path,
+                                                                             wechat: FakeWeChat) -> None:
+    port = free_port()
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--dir", str(folder)]
+    apps = [f"wx_app_{i}" for i in range(3)]
+    for appid in apps:
+        wechat.add_app(appid, SECRET)
+    settings = {"sqlite_path": str(tmp_path / "pighand.sqlite3"), "redis_host": "127.0.0.1", "redis_port": port}
+    env = clean_env(**settings)
+    for appid in apps:
+        run_cli("platform", "add", "wechat", appid, "--secret-file", "-", input=SECRET + "\n", env=env)
+    redis_proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port, decode_responses=True)
+        wait_ping(client)
+        with Server(tmp_path, workers=2, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+                    **settings) as server:
+            tokens = {}
+            for appid in apps:  # every worker holds every token
+                seen, workers = set(), set()
+                for _ in range(200):
+                    answer = get(f"{server.base_url}/token/wechat/{appid}")
+                    seen.add(envelope(answer)["data"])
+                    workers.add(answer.headers["X-Request-Id"][:12])
+                    if len(workers) == 2:
+                        break
+                assert len(seen) == 1 and len(workers) == 2
+                tokens[appid] = seen.pop()
+            calls = wechat.count()
+            redis_proc.kill()
+            redis_proc.wait(timeout=10)
+            redis_proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_ping(client)
+            assert client.dbsize() == 0
+            time.sleep(7)  # the followers resubscribe, and local_cache_ttl (5 s) has run out
+            for appid in apps:
+                for _ in range(12):
+                    answer = get(f"{server.base_url}/token/wechat/{appid}")
+                    assert answer.status_code == 200 and envelope(answer)["data"] == tokens[appid], server.log()[-2000:]
+            assert wechat.count() == calls  # no platform call for a token the workers still held
+            assert {appid: client.get(f"wechat_{appid}") for appid in apps} == tokens
+    finally:
+        redis_proc.kill()
+        redis_proc.wait(timeout=10)
