@@ -15,7 +15,7 @@ import requests
 
 from .adapters.fallback import FallbackCooldowns, FallbackCounters, FallbackLocks
 from .adapters.grants import SqlGrantStore
-from .adapters.memory import MemoryTokenStore
+from .adapters.memory import MemoryLocks, MemoryTokenStore
 from .adapters.prometheus import PrometheusMetrics
 from .adapters.sql import (
     Database,
@@ -174,6 +174,10 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
             # fetched_at, and instances' clocks differ by up to 30 s.
             changes = SqlTokenChanges(sql, memory, clock=clock, window_s=policy.upstream_budget_s + 30)
         locks = SqlLocks(db, clock)
+        if db.dialect == "sqlite":
+            # One host: when SQLite takes no writes (a full disk), the
+            # workers' own locks still let a refresh happen.
+            locks = FallbackLocks(locks, MemoryLocks(clock))
         cooldowns = SqlCooldowns(db)
         counters = SqlCounters(db)
 

@@ -83,6 +83,13 @@ class MemoryTokenStore:
                 self._unconfirmed[key] = token
             self._entries.clear()
 
+    def set_aside(self, key: TokenKey, token: Token) -> None:
+        """Keep ``token`` for :meth:`recall` (no shared tier took it)."""
+        with self._mutex:
+            current = self._unconfirmed.get(key)
+            if current is None or current.fetched_at <= token.fetched_at:
+                self._unconfirmed[key] = token
+
     def recall(self, key: TokenKey) -> Token | None:
         """The token :meth:`clear` set aside for ``key``, once: for the shared
         tiers to get back when they lost it (a Redis restarted empty), rather
@@ -125,7 +132,8 @@ class MemoryCredentialRepository:
 
 
 class MemoryLocks:
-    """Locks within one process; for the unit tests of the service."""
+    """Locks within one process: the unit tests' locks, and the fallback of
+    the SQLite store's when it takes no writes."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock

@@ -120,6 +120,8 @@ class Database:
         self._schema_ready = False
         self._schema_mutex = threading.Lock()
         self._upgraded: list[str] = []
+        # Why the last write failed for want of space, until one succeeds.
+        self.write_failure: str | None = None
 
     @property
     def description(self) -> str:
@@ -192,6 +194,8 @@ class Database:
     def _failure(self, exc: SQLAlchemyError, doing: str = "unavailable") -> Unavailable | DuplicateKey:
         orig = getattr(exc, "orig", None)
         reason = _reason(orig) if orig is not None else type(exc).__name__
+        if any(words in reason for words in _FULL):
+            self.write_failure = reason
         if isinstance(exc, IntegrityError):
             return DuplicateKey(f"{self.description}: {reason}")
         return Unavailable(f"{self.description} {doing}: {reason}")
@@ -390,7 +394,17 @@ class Database:
         return self._upgraded if first else self._upgraded + migrations.upgrade(self)
 
     def ping(self) -> None:
+        """The store answers, and takes writes: on SQLite a probe row is
+        written and deleted (a full disk fails it); elsewhere the last write
+        that failed for want of space fails this until a write succeeds."""
         self.execute("SELECT 1")
+        if self.dialect == "sqlite":
+            self.execute("INSERT OR REPLACE INTO pighand_lock (name, owner, expires_at) VALUES (?, ?, ?)",
+                         ("pighand:ready-probe", "readyz", 0.0))
+            self.execute("DELETE FROM pighand_lock WHERE name = ?", ("pighand:ready-probe",))
+            self.write_failure = None
+        elif self.write_failure is not None:
+            raise Unavailable(f"{self.description}: writes fail: {self.write_failure}")
 
     def has_table(self, table: str) -> bool:
         with self.connect() as conn:
@@ -409,6 +423,10 @@ def _run(conn: Connection, sql: str, params: Sequence[Any]) -> tuple[list[tuple[
 def _error_code(exc: BaseException | None) -> Any:
     args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
     return args[0] if args else None
+
+
+# How SQLite, MySQL/MariaDB and PostgreSQL say that a write found no space.
+_FULL = ("database or disk is full", "The table is full", "No space left on device", "disk full")
 
 
 def _reason(exc: BaseException) -> str:
@@ -673,7 +691,10 @@ class SqlLocks:
             yield acquired
         finally:
             if acquired:
-                self._db.execute("DELETE FROM pighand_lock WHERE name = ? AND owner = ?", (name, owner))
+                try:
+                    self._db.execute("DELETE FROM pighand_lock WHERE name = ? AND owner = ?", (name, owner))
+                except Unavailable as exc:  # the lease runs out by itself
+                    log.warning("lock %s not released: %s", name, exc.message)
 
     def claim(self, name: str, *, lease_s: float) -> bool:
         return self._try_lease(name, uuid.uuid4().hex, lease_s)

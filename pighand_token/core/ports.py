@@ -69,8 +69,12 @@ class LocalTokenCache(TokenStore, Protocol):
         """Serve no entry until a shared tier confirms it (announcements may
         have been missed), keeping each for :meth:`recall`."""
 
+    def set_aside(self, key: TokenKey, token: Token) -> None:
+        """Keep ``token`` for :meth:`recall`: no shared tier took it."""
+
     def recall(self, key: TokenKey) -> Token | None:
-        """The token :meth:`clear` set aside for ``key`` (once), or None."""
+        """The token :meth:`clear` or :meth:`set_aside` set aside for
+        ``key`` (once), or None."""
 
 
 class TokenChanges(Protocol):

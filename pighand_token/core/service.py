@@ -477,16 +477,19 @@ class TokenService:
         for store in self.stores:
             if self._put(store, key, token) and store.shared:
                 shared_ok = True
-        if self.fallback is None:
-            return
-        if not shared_ok:
-            # Redis is down: keep the token in SQL so no worker loses it.
-            self._put(self.fallback, key, token)
-            return
-        try:
-            self.fallback.discard_older(key, token.fetched_at)
-        except Unavailable as exc:
-            self._warn(self.fallback.name, exc)
+        if self.fallback is not None:
+            if not shared_ok:
+                # Redis is down: keep the token in SQL so no worker loses it.
+                shared_ok = self._put(self.fallback, key, token)
+            else:
+                try:
+                    self.fallback.discard_older(key, token.fetched_at)
+                except Unavailable as exc:
+                    self._warn(self.fallback.name, exc)
+        if not shared_ok and self.local is not None:
+            # No shared tier took it (SQLite on a full disk): this worker
+            # keeps serving it past local_cache_ttl rather than fetch again.
+            self.local.set_aside(key, token)
 
     def _warn(self, tier: str, exc: Unavailable) -> None:
         # One warning per tier per interval, not one per request.

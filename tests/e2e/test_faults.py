@@ -24,6 +24,15 @@ def get(url: str) -> requests.Response:
     return requests.get(url, timeout=10, headers={"Connection": "close"})
 
 
+def both_workers(url: str) -> list[requests.Response]:
+    """Fresh-connection GETs until both workers have answered."""
+    answers: list[requests.Response] = []
+    while len({a.headers["X-Request-Id"][:12] for a in answers}) < 2:
+        answers.append(get(url))
+        assert len(answers) < 200, [a.status_code for a in answers]
+    return answers
+
+
 def test_a_frozen_mariadb_stalls_no_cached_get(tmp_path: Path, wechat: FakeWeChat, private_mariadb: PrivateMariaDB,
                                                redis_prefix: str) -> None:
     wechat.add_app(APP, SECRET)
@@ -116,3 +125,41 @@ def test_redis_restarted_empty_gets_its_tokens_back_from_the_workers_memory(tmp_
     finally:
         redis_proc.kill()
         redis_proc.wait(timeout=10)
+
+
+def test_sqlite_on_a_full_disk_still_refreshes_and_serves_from_memory(tmp_path: Path, wechat: FakeWeChat) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True, timeout=30)
+    try:
+        wechat.add_app(APP, SECRET)
+        settings = {"sqlite_path": str(disk / "pighand.sqlite3")}
+        env = clean_env(**settings)
+        assert run_cli("platform", "add", "wechat", APP, "--secret-file", "-", input=SECRET + "\n",
+                       env=env).returncode == 0
+        with Server(tmp_path, workers=2, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+                    **settings) as server:
+            assert get(f"{server.base_url}/readyz").status_code == 200
+            with open(disk / "filler", "wb") as filler:  # the disk fills up
+                try:
+                    while True:
+                        filler.write(b"\0" * 65536)
+                        filler.flush()
+                except OSError:
+                    pass
+            url = f"{server.base_url}/token/wechat/{APP}"
+            first = both_workers(url)
+            assert {a.status_code for a in first} == {200}, server.log()[-3000:]
+            assert wechat.count() <= 2  # one refresh per worker at most: their own locks
+            calls = wechat.count()
+            time.sleep(6)  # past local_cache_ttl: memory alone serves it now
+            later = both_workers(url)
+            assert {a.status_code for a in later} == {200}
+            assert len({envelope(a)["data"] for a in first + later}) <= calls
+            assert wechat.count() == calls
+            ready = get(f"{server.base_url}/readyz")
+            assert ready.status_code == 503 and ready.json()["error"] == "not ready: sqlite", ready.text
+            (disk / "filler").unlink()  # space again
+            assert get(f"{server.base_url}/readyz").status_code == 200
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False, timeout=30)
