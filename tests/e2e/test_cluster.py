@@ -7,8 +7,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,15 +99,24 @@ def test_scheduler_over_two_instances_of_four_workers_refreshes_each_token_once_
         assert all(gap > 2.0 for gap in gaps), gaps
 
 
-def test_worker_killed_while_holding_the_lock_frees_it_after_the_lease(tmp_path: Path, wechat: FakeWeChat,
-                                                                       request: pytest.FixtureRequest) -> None:
+@contextmanager
+def holder_and_other(tmp_path: Path, wechat: FakeWeChat, request: pytest.FixtureRequest,
+                     other_workers: int) -> Iterator[tuple[Server, Server]]:
+    """Two instances on Redis + SQLite with one app: a one-worker one whose
+    worker will hold the lock (and be killed), and another. upstream_timeout
+    2 s: lease = 2 * 2 + 1 + 5 = 10 s."""
     settings = storage("redis+sqlite", tmp_path, request)
     seed(settings, (APP, SECRET))
-    # upstream_timeout 2 s: lease = 2 * 2 + 1 + 5 = 10 s.
     with Server(tmp_path, workers=1, threads=4, wechat_api_base=wechat.base_url, is_enable_schedule=False,
-                  upstream_timeout=2, **settings) as holder, \
-            Server(tmp_path, workers=2, wechat_api_base=wechat.base_url, is_enable_schedule=False,
-                     upstream_timeout=2, **settings) as other:
+                upstream_timeout=2, **settings) as holder, \
+            Server(tmp_path, workers=other_workers, wechat_api_base=wechat.base_url, is_enable_schedule=False,
+                   upstream_timeout=2, **settings) as other:
+        yield holder, other
+
+
+def test_worker_killed_while_holding_the_lock_frees_it_after_the_lease(tmp_path: Path, wechat: FakeWeChat,
+                                                                       request: pytest.FixtureRequest) -> None:
+    with holder_and_other(tmp_path, wechat, request, other_workers=2) as (holder, other):
         wechat.delay(1.8)  # slow, but inside the 2 s timeout
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(requests.get, holder.base_url + f"/token/wechat/{APP}", timeout=30)
@@ -130,12 +140,7 @@ def test_worker_killed_while_holding_the_lock_frees_it_after_the_lease(tmp_path:
 
 def test_put_with_a_stale_token_never_answers_that_token_after_the_holder_died(
         tmp_path: Path, wechat: FakeWeChat, request: pytest.FixtureRequest) -> None:
-    settings = storage("redis+sqlite", tmp_path, request)
-    seed(settings, (APP, SECRET))
-    with Server(tmp_path, workers=1, threads=4, wechat_api_base=wechat.base_url, is_enable_schedule=False,
-                upstream_timeout=2, **settings) as holder, \
-            Server(tmp_path, workers=1, wechat_api_base=wechat.base_url, is_enable_schedule=False,
-                   upstream_timeout=2, **settings) as other:
+    with holder_and_other(tmp_path, wechat, request, other_workers=1) as (holder, other):
         url = f"/token/wechat/{APP}"
         stale = envelope(requests.get(holder.base_url + url, timeout=10))["data"]
         wechat.delay(1.8)
