@@ -250,6 +250,7 @@ def build_rows(s: dict[str, Summary], slow_runs: list[slow_platform.SlowResult],
     add("ours_redis", rps_check("ours_redis", "ours_redis_nolog", ">=", ACCESS_LOG_KEEPS, "redis_access_log"))
     add("ours_inproc_gunicorn", rps_check("ours_inproc_gunicorn", "bare_constant", "", None, "gunicorn_vs_bare"))
     add("ours_inproc_gunicorn", rps_check("ours_inproc_gunicorn", "ours_inproc", "", None, "gunicorn_vs_shipped"))
+    add("ours_inproc_unpinned", rps_check("ours_inproc_unpinned", "ours_inproc", "", None, "unpinned_vs_pinned"))
     out = list(rows.values())
 
     if slow_runs:

@@ -115,10 +115,11 @@ def _nginx(ctx: Context) -> Server:
                   log_dir=ctx.tmp)
 
 
-def _ours(name: str, *, redis: bool, log_level: str | None = None) -> Callable[[Context], Server]:
+def _ours(name: str, *, redis: bool, log_level: str | None = None, **extra: str) -> Callable[[Context], Server]:
     def make(ctx: Context) -> Server:
         settings = {"PIGHAND_LOG_LEVEL": log_level} if log_level else {}
-        return shipped_server(name, ctx.store, ctx.tmp, redis=ctx.redis_settings if redis else None, **settings)
+        return shipped_server(name, ctx.store, ctx.tmp, redis=ctx.redis_settings if redis else None,
+                              **settings, **extra)
     return make
 
 
@@ -140,6 +141,9 @@ SCENARIOS: tuple[Scenario, ...] = (
              _ours("ours_redis_nolog", redis=True, log_level="warning"), ours=True, redis=True),
     Scenario("ours_inproc_gunicorn", "ours in-process, gunicorn gthread -w 2", _ours_gunicorn, ours=True,
              worker_class="gthread"),
+    # What pinning each worker to a CPU of its own (cpu_affinity) buys.
+    Scenario("ours_inproc_unpinned", "ours in-process, serve, cpu_affinity off",
+             _ours("ours_inproc_unpinned", redis=False, PIGHAND_CPU_AFFINITY="false"), ours=True),
 )
 KEYS = tuple(s.key for s in SCENARIOS)
 
