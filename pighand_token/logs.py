@@ -16,6 +16,8 @@ import time
 import uuid
 from typing import IO, Any
 
+from .core.process import after_fork
+
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
@@ -24,16 +26,22 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # about a tenth of a cached GET's time in a worker.
 _ID_PREFIX = uuid.uuid4().hex[:12]
 _ID_COUNTER = itertools.count(1)
-_ID_PID = os.getpid()
+
+
+def _new_id_prefix() -> None:
+    global _ID_PREFIX
+    _ID_PREFIX = uuid.uuid4().hex[:12]
+
+
+# A forked worker (gunicorn) draws its own prefix once, at the fork, rather
+# than every request asking the kernel for its pid.
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def request_id(given: str | None) -> str:
     """The caller's X-Request-Id when it is sane, else a new one."""
-    global _ID_PREFIX, _ID_PID
     if given and _REQUEST_ID.fullmatch(given):
         return given
-    if os.getpid() != _ID_PID:  # a forked worker: its own prefix
-        _ID_PID, _ID_PREFIX = os.getpid(), uuid.uuid4().hex[:12]
     return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
@@ -90,9 +98,9 @@ class AccessLog:
         # A line, or the values of a cached GET's line (made by the writer).
         self._queue: queue.SimpleQueue[str | tuple[Any, ...]] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
-        self._pid = 0
         self._mutex = threading.Lock()
         self._dropped = 0
+        after_fork(self, AccessLog._forked)
         self._middles: dict[tuple[str | None, str, str, str | None], str] = {}
 
     def enabled(self) -> bool:
@@ -142,8 +150,12 @@ class AccessLog:
             self._dropped += 1
             return
         self._queue.put(line)
-        if self._pid != os.getpid():
+        if self._writer is None:
             self._start()
+
+    def _forked(self) -> None:
+        self._writer = None  # the parent's thread did not come along
+        self._mutex = threading.Lock()
 
     def flush(self) -> None:
         """Write whatever is queued, now (at exit, and for tests)."""
@@ -151,11 +163,10 @@ class AccessLog:
 
     def _start(self) -> None:
         with self._mutex:
-            if self._pid == os.getpid():
+            if self._writer is not None:
                 return
-            # Started on the first line, in the process that writes it: a
-            # forked worker gets a writer of its own.
-            self._pid = os.getpid()
+            # Started on the first line, in the process that writes it; a
+            # forked worker has none (see _forked) and starts its own.
             self._writer = threading.Thread(target=self._run, name="pighand-access-log", daemon=True)
             self._writer.start()
         # multiprocessing's workers leave through os._exit, past atexit.
@@ -195,10 +206,20 @@ class AccessLog:
 ACCESS = AccessLog()
 
 
-# JSON escapes C0 controls itself; these it leaves raw with ensure_ascii off
-# (kept off so Chinese messages stay readable): DEL, C1 controls and the
-# bidirectional overrides, which a terminal showing the log would obey.
-_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# What a terminal obeys rather than shows: C0 and C1 controls, DEL, and the
+# bidirectional overrides and isolates (text that reorders itself on screen).
+_BIDI = "\u202a-\u202e\u2066-\u2069"
+_UNPRINTABLE = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}]")
+# JSON escapes C0 controls itself; the rest it leaves raw with ensure_ascii
+# off (kept off so Chinese messages stay readable).
+_UNSAFE_IN_JSON = re.compile(f"[\x7f-\x9f{_BIDI}]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every such character written as its escape (ESC as
+    ``\\x1b``), for CLI output: a platform's error message or a stored field
+    can then neither move the cursor, retitle nor clear the terminal."""
+    return _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
 class JsonFormatter(logging.Formatter):

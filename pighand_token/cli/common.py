@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import re
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -13,20 +12,11 @@ import click
 from flask import current_app
 
 from ..core.errors import PighandError
+from ..logs import printable
+
+__all__ = ["container", "fail", "friendly", "operator", "printable", "secret_value", "when"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-# C0 and C1 controls, DEL, and the bidirectional overrides and isolates
-# (text that reorders itself on screen).
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """``text`` with every control character written as its escape (ESC as
-    ``\\x1b``): a platform's error message or a stored field can then neither
-    move the cursor, retitle nor clear the operator's terminal."""
-    return _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
 def container() -> Any:

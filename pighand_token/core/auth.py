@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import logging
 import math
-import os
 import re
 import secrets
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 from .domain import Client
 from .errors import Forbidden, PighandError, Unauthorized
 from .ports import ClientRepository, Clock
+from .process import after_fork
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,9 @@ class ClientRegistry:
         self._touched: dict[str, float] = {}
         self._pending_touches: dict[str, float] = {}
         self._mutex = threading.Lock()
-        self._refresher_pid = 0
+        self._refreshing = False
+        # A forked worker has no refresher until it starts its own.
+        after_fork(self, ClientRegistry._forked)
         self._failing = False
 
     def authenticate(self, key: str | None) -> Client:
@@ -111,7 +113,7 @@ class ClientRegistry:
 
     def _view(self) -> dict[str, Client]:
         view = self._by_hash
-        if self._refresher_pid != os.getpid():
+        if not self._refreshing:
             self._start_refresher()
         if view is not None:
             return view
@@ -120,15 +122,19 @@ class ClientRegistry:
                 self._by_hash = self._load()
             return self._by_hash
 
+    def _forked(self) -> None:
+        self._refreshing = False
+        self._mutex = threading.Lock()
+
     def _load(self) -> dict[str, Client]:
         return {c.key_hash: c for c in self.repo.list()}
 
     def _start_refresher(self) -> None:
         with self._mutex:
-            if self._refresher_pid == os.getpid():
+            if self._refreshing:
                 return
             # Started in the process that serves (a forked worker starts its own).
-            self._refresher_pid = os.getpid()
+            self._refreshing = True
             threading.Thread(target=self._refresh_forever, name="pighand-clients", daemon=True).start()
 
     def _refresh_forever(self) -> None:

@@ -19,10 +19,10 @@ import click
 from flask import Blueprint, Response, current_app, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from ..cli.common import printable
 from ..core.domain import Client
 from ..core.errors import PighandError
 from ..core.service import TokenService, TokenStatus
+from ..logs import printable
 from .api import api_key
 
 log = logging.getLogger(__name__)
