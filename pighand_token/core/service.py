@@ -273,7 +273,7 @@ class TokenService:
         key = self.key(platform, appid)
         requested_at = self.clock()
         # An unknown app is 404 before it takes a lock or a counter row.
-        self._credential(key)
+        credential = self._credential(key)
 
         def work() -> Token:
             current = self._read_shared(key)
@@ -290,7 +290,7 @@ class TokenService:
             replacing = stale_token if stale_token is not None else (current.value if current else None)
             if caller is not None:
                 self._spend_refresh_budget(caller, key)
-            return self._fetch_and_store(key, replacing=replacing)
+            return self._fetch_and_store(key, replacing=replacing, credential=credential)
 
         # Waited out (the holder may have died mid-refresh): never answer the
         # very token the caller reported stale.
@@ -556,9 +556,10 @@ class TokenService:
             raise UnknownApp(key.platform, provider.credential_appid(key.appid))
         return credential if credential.appid == key.appid else replace(credential, appid=key.appid)
 
-    def _fetch_and_store(self, key: TokenKey, *, replacing: str | None = None) -> Token:
+    def _fetch_and_store(self, key: TokenKey, *, replacing: str | None = None,
+                         credential: Credential | None = None) -> Token:
         provider = self.providers[key.platform]
-        credential = self._credential(key)
+        credential = credential or self._credential(key)
         cooldown = self._cooldown(key)
         if cooldown is not None and cooldown.active(self.clock()):
             raise self._resting(key, cooldown)
