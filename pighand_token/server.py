@@ -229,10 +229,10 @@ def pin_to_own_cpu(settings: Settings) -> int | None:
     is not pinned now (too many workers, or a replacement waiting, in the
     background, for the CPU of the worker it replaces).
 
-    Measured on 2 cores (wrk -t1 -c16, 2 workers, cached GETs): 1.5-1.7x the
-    requests per second and a third of the p99 of unpinned workers, whose
-    threads the kernel moves between cores on every hand-over between
-    granian's Rust threads and the Python thread answering."""
+    Measured on 2 cores (bench/, ours_inproc against ours_inproc_unpinned):
+    unpinned workers served 0.58x the requests per second with twice the
+    p99; the kernel moves their threads between cores at every hand-over
+    between granian's Rust threads and the Python thread answering."""
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # per served run: serve() made or emptied it
     cpus = sorted(os.sched_getaffinity(0))
     if not folder or (settings.workers or default_workers()) > len(cpus):
