@@ -223,7 +223,10 @@ _CPU_SLOT: list[Any] = []
 
 
 def pin_to_own_cpu(settings: Settings) -> int | None:
-    """Pin this served worker (each of its threads; threads it starts later
+    """(granian has no CPU-affinity option; this is the stdlib's
+    sched_setaffinity on each thread, from the worker's own factory.)
+
+    Pin this served worker (each of its threads; threads it starts later
     inherit it) to one CPU of those the process may use, one no sibling holds,
     when there are no more workers than CPUs. Returns the CPU, or None if it
     is not pinned now (too many workers, or a replacement waiting, in the
