@@ -35,12 +35,20 @@ LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 def api_key_from(environ: Mapping[str, Any]) -> str | None:
-    """The caller's key: ``Authorization: Bearer <key>`` or ``X-Api-Key``."""
-    header: str = environ.get("HTTP_AUTHORIZATION", "")
-    scheme, _, credentials = header.partition(" ")
+    """The caller's key: ``X-Api-Key`` when it is sent, else
+    ``Authorization: Bearer <key>``.
+
+    ``X-Api-Key`` names this service alone, while ``Authorization`` is shared
+    with whatever sits in between (a gateway's Basic or Bearer credentials),
+    so the specific header wins and the general one is read only without it.
+    """
+    key: str = environ.get("HTTP_X_API_KEY", "")
+    if key:
+        return key
+    scheme, _, credentials = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    return environ.get("HTTP_X_API_KEY") or None
+    return None
 
 
 def is_loopback(address: str | None) -> bool:

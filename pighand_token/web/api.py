@@ -74,7 +74,7 @@ def get_ticket(platform: str, appid: str, ticket_type: str) -> Response:
 def _stale_token() -> str | None:
     """The token the caller found rejected: JSON ``stale_token`` (or the
     original service's ``nowToken``), or the same names in the query."""
-    given: dict[str, object] = {}
+    given: list[tuple[str, object]] = []
     raw = request.get_data(cache=False)
     if raw.strip():
         try:
@@ -84,14 +84,18 @@ def _stale_token() -> str | None:
             raise BadRequest("request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise BadRequest('request body must be a JSON object like {"stale_token": "..."}')
-        given = {name: body[name] for name in ("stale_token", "nowToken") if name in body}
-    for name in ("stale_token", "nowToken"):
-        if name in request.args:
-            given.setdefault(name, request.args[name])
+        given += [(name, body[name]) for name in ("stale_token", "nowToken") if name in body]
+    given += [(f"{name} (query)", value) for name in ("stale_token", "nowToken")
+              for value in request.args.getlist(name)]
     # Named but null or empty is a mistake, not "no stale token": a bare PUT
     # would force a new token on everyone.
-    for name, value in given.items():
+    for name, value in given:
         if not isinstance(value, str) or not value:
             raise BadRequest(f"{name} must be a non-empty string")
-    value = given.get("stale_token", given.get("nowToken"))
-    return value if isinstance(value, str) else None
+    values = {value for _, value in given}
+    if len(values) > 1:
+        # Which one the caller meant is a guess, and a wrong guess either
+        # replaces a good token or keeps a rejected one.
+        raise BadRequest("stale_token given more than once with different values: "
+                         + ", ".join(name for name, _ in given))
+    return str(values.pop()) if values else None

@@ -262,6 +262,36 @@ def test_malformed_put_body_is_400_and_calls_nothing(make_app: Any, wechat: Fake
     assert wechat.count() == 0
 
 
+@pytest.mark.parametrize("query,payload", [
+    ("stale_token=", '{"stale_token": "83_current"}'),
+    ("stale_token=83_other", '{"stale_token": "83_current"}'),
+    ("nowToken=83_other", '{"stale_token": "83_current"}'),
+    ("stale_token=a&stale_token=b", ""),
+    ("", '{"stale_token": "83_current", "nowToken": "83_other"}'),
+])
+def test_conflicting_stale_tokens_are_400_and_call_nothing(make_app: Any, wechat: FakeWeChat, query: str,
+                                                          payload: str) -> None:
+    app = make_app()
+    seed(app)
+    client = app.test_client()
+    current = body(client.get(f"/token/wechat/{APP}"))["data"]
+    calls = wechat.count()
+    answer = client.put(f"/token/wechat/{APP}?{query.replace('83_current', current)}",
+                        data=payload.replace("83_current", current), content_type="application/json")
+    assert answer.status_code == 400 and body(answer)["data"] is None
+    assert "stale_token" in body(answer)["error"] and current not in body(answer)["error"]
+    assert wechat.count() == calls and wechat.is_valid(current)
+
+
+def test_the_same_stale_token_in_query_and_body_is_one(make_app: Any, wechat: FakeWeChat) -> None:
+    app = make_app()
+    seed(app)
+    client = app.test_client()
+    current = body(client.get(f"/token/wechat/{APP}"))["data"]
+    answer = client.put(f"/token/wechat/{APP}?stale_token={current}", json={"nowToken": current})
+    assert answer.status_code == 200 and body(answer)["data"] != current
+
+
 def test_oversized_body_is_413(make_app: Any) -> None:
     app = make_app()
     seed(app)

@@ -111,9 +111,9 @@ class Sent:
     headers: dict[str, str]
     body: bytes | None
     # True: the headers carry the scoped key as the contract defines it
-    # (Bearer, any case, or X-Api-Key); False: they carry no valid key;
-    # None: ambiguous combinations the contract does not settle.
-    key_valid: bool | None
+    # (X-Api-Key when sent, else Bearer in any case); False: they carry no
+    # valid key.
+    key_valid: bool
     request_id: str | None
 
     def __repr__(self) -> str:
@@ -142,7 +142,7 @@ def fake_key() -> st.SearchStrategy[str]:
 
 
 @st.composite
-def auth_headers(draw: st.DrawFn) -> tuple[dict[str, str], bool | None]:
+def auth_headers(draw: st.DrawFn) -> tuple[dict[str, str], bool]:
     """Headers with the placeholder KEY for the scoped key, and whether
     they authenticate."""
     kind = draw(st.sampled_from(["bearer", "x-api-key"]) | st.sampled_from(
@@ -158,7 +158,7 @@ def auth_headers(draw: st.DrawFn) -> tuple[dict[str, str], bool | None]:
     ))
     wrong = draw(fake_key())
     headers: dict[str, str] = {}
-    valid: bool | None
+    valid: bool
     if kind == "none":
         valid = False
     elif kind == "bearer":
@@ -176,7 +176,7 @@ def auth_headers(draw: st.DrawFn) -> tuple[dict[str, str], bool | None]:
         headers["Authorization"] = {"malformed": malformed, "wrong-bearer": "Bearer " + wrong,
                                     "bearer": valid_bearer}[first]
         headers["X-Api-Key"] = KEY if second == "x-api-key" else wrong
-        valid = None
+        valid = second == "x-api-key"  # the specific header wins, whatever Authorization says
     return headers, valid
 
 
@@ -412,15 +412,15 @@ def judge(hub: Hub, sent: Sent, response: TestResponse, calls_before: int, *, in
     elif route.kind == "method":
         assert status == 405
     elif route.kind == "api":
-        if sent.key_valid is False:
+        if not sent.key_valid:
             assert status == 401
-        elif sent.key_valid is True and not allowed_app:
+        elif not allowed_app:
             assert status == 403
-        elif sent.key_valid is True:
+        else:
             assert status not in (401, 403)
 
     if status == 200 and route.kind != "other":
-        assert allowed_app and key_sent and sent.key_valid is not False, "200 outside the key's scope"
+        assert allowed_app and key_sent and sent.key_valid, "200 outside the key's scope"
         if method != "HEAD" and route.endpoint.endswith("token") and method in ("GET", "PUT"):
             assert envelope(response)["data"] in tokens
     if hub.wechat.count() != calls_before:

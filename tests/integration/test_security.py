@@ -67,6 +67,22 @@ def test_key_in_either_header_works_inside_its_scope_only(wechat: FakeWeChat, tm
     assert wechat.count(STABLE_PATH, appid="wx_other") == 0
 
 
+def test_x_api_key_wins_over_any_authorization_header(wechat: FakeWeChat, tmp_path: Path,
+                                                       serving_path: str) -> None:
+    """One rule: X-Api-Key when sent, else Authorization: Bearer. A
+    gateway's own Authorization (Basic or Bearer) neither helps nor hurts."""
+    app = secured_app(wechat, tmp_path)
+    key = add_client(app, "billing", f"wechat:{APP}")
+    client = app.test_client()
+    for authorization in ("Bearer pht_bogus", "Basic dXNlcjpwYXNz", f"Bearer {key}"):
+        answer = client.get(f"/token/wechat/{APP}", headers={"Authorization": authorization, "X-Api-Key": key})
+        assert answer.status_code == 200, authorization
+    for wrong in ("pht_bogus", key[:-1]):
+        answer = client.get(f"/token/wechat/{APP}", headers={"Authorization": f"Bearer {key}", "X-Api-Key": wrong})
+        assert answer.status_code == 401 and answer.get_json()["data"] is None
+        assert key not in answer.get_data(as_text=True)
+
+
 def test_platform_wide_and_all_apps_scopes(wechat: FakeWeChat, tmp_path: Path, serving_path: str) -> None:
     app = secured_app(wechat, tmp_path)
     platform_key = add_client(app, "ops", "wechat:*")
