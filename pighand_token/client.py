@@ -6,6 +6,7 @@
 
     with TokenClient("http://tokens.internal:3050", api_key="pht_...") as tokens:
         token = tokens.get("wechat", "wx1234567890abcdef")
+        lease = tokens.get_expiring("wechat", "wx1234567890abcdef")  # .value, .expires_in, .expires_at
         body = tokens.call("wechat", "wx1234567890abcdef",
                            lambda t: requests.get(URL, params={"access_token": t}).json())
 
@@ -25,6 +26,8 @@ function signals a rejection in any of these ways:
 * it raises a :class:`requests.RequestException` (typically
   :class:`requests.HTTPError` from ``raise_for_status()``) whose ``response``
   carries such a code;
+* it raises an exception with an ``errcode`` or ``code`` attribute holding
+  such a code, as platform SDKs do (wechatpy's ``WeChatClientException``);
 * it raises :class:`StaleToken`, for any platform and any reason of its own.
 
 Anything else, returned or raised, goes straight back to the caller. The
@@ -43,6 +46,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC
 from types import MappingProxyType, TracebackType
 from typing import Any, Self, TypeVar
@@ -55,6 +59,7 @@ __all__ = [
     "INVALID_TOKEN_CODES",
     "BadRequest",
     "ConnectionFailed",
+    "Expiring",
     "Forbidden",
     "NotFound",
     "PlatformError",
@@ -95,6 +100,8 @@ INVALID_TOKEN_CODES: Mapping[str, frozenset[int | str]] = MappingProxyType({
 })
 
 _CODE_KEYS = ("errcode", "code", "sub_code")
+# The attributes an SDK's exception carries the platform's code in.
+_CODE_ATTRIBUTES = ("errcode", "code")
 _PLATFORM_ERROR = re.compile(r"^(?P<platform>[A-Za-z0-9_]+) platform error(?: (?P<errcode>\S+?))?: ")
 _ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")\]]+")
 
@@ -222,15 +229,21 @@ def token_rejected(platform: str, outcome: object,
     platform rejected its token as invalid, by ``codes[platform]``.
 
     ``outcome`` may be a :class:`StaleToken` (always a rejection), a parsed
-    JSON mapping, a :class:`requests.Response`, or a
-    :class:`requests.RequestException` with a response; anything else is not
-    a rejection.
+    JSON mapping, a :class:`requests.Response`, a
+    :class:`requests.RequestException` with a response, or any other
+    exception whose ``errcode`` or ``code`` attribute holds the code (an SDK's
+    own, e.g. wechatpy's ``WeChatClientException``); anything else is not a
+    rejection.
     """
     if isinstance(outcome, StaleToken):
         return True
     wanted = {str(code) for code in codes.get(platform, ())}
     if not wanted:
         return False
+    if isinstance(outcome, BaseException):
+        for name in _CODE_ATTRIBUTES:
+            if _is_code(getattr(outcome, name, None), wanted):
+                return True
     if isinstance(outcome, requests.RequestException):
         outcome = outcome.response
     if isinstance(outcome, requests.Response):
@@ -245,10 +258,28 @@ def token_rejected(platform: str, outcome: object,
                if isinstance(key, str) and key.endswith("_response") and isinstance(value, Mapping)]
     for place in places:
         for key in _CODE_KEYS:
-            value = place.get(key)
-            if isinstance(value, int | str) and not isinstance(value, bool) and str(value) in wanted:
+            if _is_code(place.get(key), wanted):
                 return True
     return False
+
+
+def _is_code(value: object, wanted: set[str]) -> bool:
+    return isinstance(value, int | str) and not isinstance(value, bool) and str(value) in wanted
+
+
+@dataclass(frozen=True)
+class Expiring:
+    """A token or ticket and how long the server will keep serving it.
+
+    ``expires_in`` is the server's whole seconds (``None`` from a server that
+    does not send it); ``expires_at`` is this machine's ``time.time()`` when
+    the answer arrived plus ``expires_in``. Cache the value until then, and
+    ask again afterwards: the server has a new one by that time.
+    """
+
+    value: str = field(repr=False)
+    expires_in: int | None
+    expires_at: float | None
 
 
 # -- the client -------------------------------------------------------------------
@@ -296,6 +327,10 @@ class TokenClient:
     # -- tokens -------------------------------------------------------------------
     def get(self, platform: str, appid: str) -> str:
         """The current token of ``platform``/``appid`` (``GET /token/...``)."""
+        return self.get_expiring(platform, appid).value
+
+    def get_expiring(self, platform: str, appid: str) -> Expiring:
+        """:meth:`get`, with how long the server will keep serving the token."""
         return self._request("GET", self._path("token", platform, appid))
 
     def refresh(self, platform: str, appid: str, stale_token: str | None = None) -> str:
@@ -309,12 +344,20 @@ class TokenClient:
         at the same time share one call). Refreshes that reach the platform
         count against the client's per-app limit (429 beyond it).
         """
+        return self.refresh_expiring(platform, appid, stale_token).value
+
+    def refresh_expiring(self, platform: str, appid: str, stale_token: str | None = None) -> Expiring:
+        """:meth:`refresh`, with how long the server will keep serving the token."""
         body = None if stale_token is None else {"stale_token": stale_token}
         return self._request("PUT", self._path("token", platform, appid), body)
 
     def ticket(self, appid: str, type: str = "jsapi", platform: str = "wechat") -> str:
         """A platform ticket made with the managed token: WeChat ``jsapi``
         (JS-SDK) or ``wx_card`` (card API) (``GET /ticket/...``)."""
+        return self.ticket_expiring(appid, type, platform).value
+
+    def ticket_expiring(self, appid: str, type: str = "jsapi", platform: str = "wechat") -> Expiring:
+        """:meth:`ticket`, with how long the server will keep serving the ticket."""
         return self._request("GET", self._path("ticket", platform, appid, type))
 
     def call(self, platform: str, appid: str, fn: Callable[[str], T]) -> T:
@@ -373,7 +416,7 @@ class TokenClient:
                 raise ValueError(f"platform, appid and ticket type must be non-empty strings, got {segment!r}")
         return "/" + "/".join([kind, *(quote(segment, safe=":") for segment in segments)])
 
-    def _request(self, method: str, path: str, body: dict[str, str] | None = None) -> str:
+    def _request(self, method: str, path: str, body: dict[str, str] | None = None) -> Expiring:
         where = f"{method} {self.base_url}{path}"
         try:
             response = self._session.request(method, self.base_url + path, headers=self._headers, json=body,
@@ -384,7 +427,7 @@ class TokenClient:
         with response:
             return self._token(where, response)
 
-    def _token(self, where: str, response: requests.Response) -> str:
+    def _token(self, where: str, response: requests.Response) -> Expiring:
         status = response.status_code
         retry_after = _retry_after(response.headers.get("Retry-After"))
         try:
@@ -398,7 +441,7 @@ class TokenClient:
         code, data, error = body["code"], body["data"], body["error"]
         if code == 200 and 200 <= status < 300:
             if isinstance(data, str) and data:
-                return data
+                return _expiring(data, body.get("expires_in"))
             raise UnexpectedAnswer(status, f"{where} answered 200 without a token", retry_after)
         error_status = code if code >= 400 else status
         if error_status < 400:
@@ -410,6 +453,12 @@ class TokenClient:
         if self._api_key:
             text = text.replace(self._api_key, "***")
         return text
+
+
+def _expiring(value: str, expires_in: object) -> Expiring:
+    if not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in < 0:
+        return Expiring(value, None, None)  # a server from before expires_in
+    return Expiring(value, expires_in, time.time() + expires_in)
 
 
 def _is_envelope(body: object) -> bool:

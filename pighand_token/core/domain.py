@@ -6,6 +6,7 @@ caller passes ``now``.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -69,6 +70,11 @@ class Token:
 
     def serve_until(self, margin_s: float) -> float:
         return self.expires_at - self.margin(margin_s)
+
+    def expires_in(self, now: float, margin_s: float) -> int:
+        """Whole seconds from ``now`` this token will still be served (until
+        ``serve_until``), never negative: what callers may cache it for."""
+        return max(0, math.floor(self.serve_until(margin_s) - now))
 
     def servable(self, now: float, margin_s: float) -> bool:
         return now < self.serve_until(margin_s)

@@ -213,6 +213,12 @@ class TokenService:
         self._answered(key, store.name)
         return token
 
+    def expires_in(self, token: Token) -> int:
+        """Whole seconds this service will keep serving ``token`` (a token or
+        a ticket it answered): until its expiry less the margin, never negative.
+        A token served inside its margin (refresh under way or failing) says 0."""
+        return token.expires_in(self.clock(), self.policy.margin_s)
+
     def get_ticket(self, platform: str, appid: str, ticket_type: str) -> Token:
         """A platform ticket made with the managed token (WeChat jsapi /
         wx_card), cached with its own expiry and margin like a token."""

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 
 from ..core.auth import api_key_from
+from ..core.domain import Token
 from ..core.errors import BadRequest, PighandError
 from ..core.service import TokenService
 from .envelope import envelope
@@ -45,7 +46,7 @@ def _authenticate() -> None:
 
 @bp.get("/token/<platform>/<appid>")
 def get_token(platform: str, appid: str) -> Response:
-    return envelope(_service().get(platform, appid).value)
+    return _answer(_service().get(platform, appid))
 
 
 @bp.put("/token/<platform>/<appid>")
@@ -63,12 +64,17 @@ def refresh_token(platform: str, appid: str) -> Response:
             audit.record("token.refresh", f"failed {exc.status}: {exc.message}", **where)
         raise
     audit.record("token.refresh", "ok", **where)
-    return envelope(token.value)
+    return _answer(token)
 
 
 @bp.get("/ticket/<platform>/<appid>/<ticket_type>")
 def get_ticket(platform: str, appid: str, ticket_type: str) -> Response:
-    return envelope(_service().get_ticket(platform, appid, ticket_type).value)
+    return _answer(_service().get_ticket(platform, appid, ticket_type))
+
+
+def _answer(token: Token) -> Response:
+    """The token (or ticket) and how many whole seconds it will still be served."""
+    return envelope(token.value, expires_in=_service().expires_in(token))
 
 
 def _stale_token() -> str | None:

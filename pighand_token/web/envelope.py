@@ -15,11 +15,28 @@ log = logging.getLogger(__name__)
 
 
 def envelope(data: str | None, status: int = 200, error: str = "",
-             headers: dict[str, str] | None = None) -> Response:
-    # Encoded by hand: the hot path serves this for every cached GET, and the
-    # shape is fixed.
-    body = f'{{"code":{status},"data":{json.dumps(data)},"error":{json.dumps(error)}}}'
-    return Response(body, status=status, mimetype="application/json", headers=headers)
+             headers: dict[str, str] | None = None, expires_in: int | None = None) -> Response:
+    """The envelope; with ``expires_in`` (a token or ticket answer) the body
+    ends with it and ``Cache-Control`` lets the caller cache the value that
+    long. Errors are ``no-store``: a 502 or 503 must not be replayed by a
+    cache after the cause is gone."""
+    # Encoded by hand: the hot path answers the same bytes for every cached
+    # GET (web/fastpath.py), and the shape is fixed.
+    headers = dict(headers or {})
+    if expires_in is not None:
+        body = (f'{{"code":{status},"data":{json.dumps(data)},"error":{json.dumps(error)},'
+                f'"expires_in":{expires_in}}}')
+        headers.setdefault("Cache-Control", cache_control(expires_in))
+    else:
+        body = f'{{"code":{status},"data":{json.dumps(data)},"error":{json.dumps(error)}}}'
+        if status >= 400:
+            headers.setdefault("Cache-Control", "no-store")
+    return Response(body, status=status, mimetype="application/json", headers=headers or None)
+
+
+def cache_control(expires_in: int) -> str:
+    # private: the token is the caller's (behind its key), never a shared cache's.
+    return f"private, max-age={expires_in}"
 
 
 def _pighand_error(exc: PighandError) -> Response:

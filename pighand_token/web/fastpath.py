@@ -21,11 +21,15 @@ from ..adapters import prometheus
 from ..core.auth import api_key_from, is_loopback
 from ..core.domain import TokenKey, valid_appid
 from ..logs import ACCESS, request_id
+from .envelope import cache_control
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 ROUTE = "/token/<platform>/<appid>"
 _BODY_CACHE_SIZE = 1024
+# Per token value: (expires_in, encoded envelope up to expires_in, body,
+# Content-Length, Cache-Control).
+_Answer = tuple[int, bytes, bytes, str, str]
 
 
 class FastPath:
@@ -35,7 +39,8 @@ class FastPath:
         self.service = container.service
         self.clients = container.clients
         self.auth_required: bool = container.settings.auth_required
-        self._bodies: dict[str, bytes] = {}
+        self.margin_s: float = self.service.policy.margin_s
+        self._answers: dict[str, _Answer] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -61,21 +66,31 @@ class FastPath:
         if token is None:
             return self.app(environ, start_response)
 
-        body = self._body(token.value)
+        _, _, body, length, caching = self._answer(token.value, token.expires_in(self.service.clock(), self.margin_s))
         rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
-        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                                  ("X-Request-Id", rid)])
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", length),
+                                  ("Cache-Control", caching), ("X-Request-Id", rid)])
         prometheus.http_request(ROUTE, "GET", 200)
         if ACCESS.enabled():
             ACCESS.cached_get(rid, client_name, platform, appid, self.service.last_tier(), started)
         return [body]
 
-    def _body(self, value: str) -> bytes:
-        """The envelope, encoded once per token value."""
-        body = self._bodies.get(value)
-        if body is None:
-            if len(self._bodies) >= _BODY_CACHE_SIZE:
-                self._bodies.clear()
-            body = self._bodies[value] = (
-                b'{"code":200,"data":' + json.dumps(value).encode() + b',"error":""}')
-        return body
+    def _answer(self, value: str, expires_in: int) -> _Answer:
+        """The envelope of ``value`` with ``expires_in``: the value encoded once,
+        the tail (``expires_in``, length, ``Cache-Control``) redone only when
+        the whole second changes, never per request."""
+        answer = self._answers.get(value)
+        if answer is not None and answer[0] == expires_in:
+            return answer
+        if answer is None:
+            if len(self._answers) >= _BODY_CACHE_SIZE:
+                self._answers.clear()
+            prefix = b'{"code":200,"data":' + json.dumps(value).encode() + b',"error":"","expires_in":'
+        else:
+            prefix = answer[1]
+        body = prefix + str(expires_in).encode() + b"}"
+        # One tuple, replaced whole: a thread reading it while another moves it
+        # to the next second sees one consistent answer, never a body with
+        # another's length.
+        answer = self._answers[value] = (expires_in, prefix, body, str(len(body)), cache_control(expires_in))
+        return answer

@@ -33,8 +33,15 @@ def seed(app: Any, appid: str = APP, secret: str = SECRET) -> None:
 
 def body(response: Any) -> dict[str, Any]:
     data = response.get_json()
-    assert set(data) == {"code", "data", "error"}
     assert data["code"] == response.status_code
+    if data["code"] == 200:
+        # The token, and the whole seconds it will still be served: the caller's cache lifetime.
+        assert list(data) == ["code", "data", "error", "expires_in"]
+        assert isinstance(data["expires_in"], int) and data["expires_in"] >= 0
+        assert response.headers["Cache-Control"] == f"private, max-age={data['expires_in']}"
+    else:
+        assert list(data) == ["code", "data", "error"]
+        assert response.headers["Cache-Control"] == "no-store"
     return dict(data)
 
 
@@ -484,6 +491,8 @@ def test_cached_get_is_answered_without_flask_on_the_hot_path(make_app: Any, wec
     cached = client.get(f"/token/wechat/{APP}", headers={"X-Request-Id": "abc"})
     assert first.get_data() == cached.get_data() and first.status_code == cached.status_code == 200
     assert first.headers["Content-Type"] == cached.headers["Content-Type"] == "application/json"
+    assert first.headers["Cache-Control"] == cached.headers["Cache-Control"]
+    assert first.headers["Content-Length"] == cached.headers["Content-Length"] == str(len(cached.get_data()))
     assert cached.headers["X-Request-Id"] == "abc"
     assert len(through_flask) == (1 if serving_path == "fast" else 2)
 
@@ -507,3 +516,53 @@ def test_cooldown_holds_while_redis_is_down(make_app: Any, wechat: FakeWeChat, s
     resting = client.get(f"/token/wechat/{APP}")
     assert resting.status_code == 502 and int(resting.headers["Retry-After"]) >= 1
     assert wechat.count() == 1  # the pause was kept in SQL
+
+
+@IN_PROCESS  # the service's clock is this test's
+def test_answers_say_how_long_the_token_is_served(tmp_path: Path, request: pytest.FixtureRequest,
+                                                  wechat: FakeWeChat, serving_path: str) -> None:
+    now = [1_800_000_000.25]
+    app = create_app(overrides={**storage_overrides("sqlite", request, tmp_path), **app_overrides(wechat)},
+                     clock=lambda: now[0])
+    seed(app)
+    client = app.test_client()
+    # A 7200 s token is served until 300 s (corn_interval) before it expires.
+    fetched = client.get(f"/token/wechat/{APP}", headers={"X-Request-Id": "r1"})
+    token = body(fetched)["data"]
+    assert fetched.get_data() == f'{{"code":200,"data":"{token}","error":"","expires_in":6900}}'.encode()
+    # Answered from memory (the hot path, where it is on): the same bytes and headers.
+    cached = client.get(f"/token/wechat/{APP}", headers={"X-Request-Id": "r1"})
+    assert cached.get_data() == fetched.get_data()
+    assert dict(cached.headers) == dict(fetched.headers)
+    # 2.5 s later: whole seconds left, rounded down, never the second that is already going.
+    now[0] += 2.5
+    later = client.get(f"/token/wechat/{APP}")
+    assert body(later)["expires_in"] == 6897 and later.headers["Cache-Control"] == "private, max-age=6897"
+    assert later.headers["Content-Length"] == str(len(later.get_data()))
+    now[0] += 0.5
+    assert body(client.get(f"/token/wechat/{APP}"))["expires_in"] == 6897
+    now[0] += 0.25
+    assert body(client.get(f"/token/wechat/{APP}"))["expires_in"] == 6896
+    assert wechat.count(STABLE) == 1
+
+
+@IN_PROCESS  # the service's clock is this test's
+def test_put_and_ticket_answers_say_how_long_they_are_served(tmp_path: Path, request: pytest.FixtureRequest,
+                                                             wechat: FakeWeChat, serving_path: str) -> None:
+    now = [1_800_000_000.0]
+    app = create_app(overrides={**storage_overrides("sqlite", request, tmp_path), **app_overrides(wechat)},
+                     clock=lambda: now[0])
+    seed(app)
+    client = app.test_client()
+    first = body(client.get(f"/token/wechat/{APP}"))["data"]
+    now[0] += 40  # past force_refresh's 30 s spacing
+    replaced = body(client.put(f"/token/wechat/{APP}", json={"stale_token": first}))
+    assert replaced["data"] != first and replaced["expires_in"] == 6900
+    # Reported again: the current token, with what is left of it.
+    now[0] += 10
+    again = body(client.put(f"/token/wechat/{APP}", json={"stale_token": first}))
+    assert again["data"] == replaced["data"] and again["expires_in"] == 6890
+    ticket = client.get(f"/ticket/wechat/{APP}/jsapi")
+    assert body(ticket)["expires_in"] == 6900  # tickets live 7200 s, with the same margin
+    now[0] += 100
+    assert body(client.get(f"/ticket/wechat/{APP}/jsapi"))["expires_in"] == 6800

@@ -4,6 +4,7 @@ fetches from the fake platforms over HTTP."""
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,11 +13,14 @@ from typing import Any
 
 import pytest
 import requests
+from wechatpy import WeChatClient
+from wechatpy.exceptions import WeChatClientException
 
 from pighand_token.client import (
     INVALID_TOKEN_CODES,
     BadRequest,
     ConnectionFailed,
+    Expiring,
     Forbidden,
     NotFound,
     PlatformError,
@@ -205,6 +209,22 @@ def test_one_client_shared_by_threads(hub: Hub, tokens: TokenClient, wechat: Fak
     assert wechat.count(STABLE_PATH, appid=appid) == 1
 
 
+def test_answers_say_how_long_the_server_serves_them(hub: Hub, tokens: TokenClient, wechat: FakeWeChat) -> None:
+    appid = hub.fresh_app()
+    before = time.time()
+    lease = tokens.get_expiring("wechat", appid)
+    # A 7200 s token, served until 300 s (corn_interval) before its end.
+    assert isinstance(lease, Expiring) and lease.value == wechat.current_token(appid)
+    assert lease.expires_in is not None and 6890 <= lease.expires_in <= 6900
+    assert lease.expires_at is not None and before + lease.expires_in <= lease.expires_at <= time.time() + 6900
+    assert lease.value not in repr(lease)
+    assert tokens.get("wechat", appid) == lease.value  # get() is unchanged: the string
+    replaced = tokens.refresh_expiring("wechat", appid, stale_token=lease.value)
+    assert replaced.value != lease.value and replaced.expires_in is not None and 6890 <= replaced.expires_in <= 6900
+    ticket = tokens.ticket_expiring(appid, "jsapi")
+    assert ticket.value == tokens.ticket(appid) and ticket.expires_in is not None and ticket.expires_in > 6000
+
+
 # -- errors from real answers -----------------------------------------------------------
 def test_no_key_and_unknown_key_are_unauthorized(hub: Hub) -> None:
     with TokenClient(hub.url) as anonymous, pytest.raises(Unauthorized) as missing:
@@ -295,6 +315,7 @@ def proxy() -> Iterator[FakePlatform]:
         "/token/p/html": (502, "<html><body>502 Bad Gateway</body></html>", {}),
         "/token/p/moved": (301, "", {"Location": "https://tokens.example/token/p/moved?x=1"}),
         "/token/p/nodata": (200, {"code": 200, "data": None, "error": ""}, {}),
+        "/token/p/older": (200, {"code": 200, "data": "tok-from-an-older-server", "error": ""}, {}),
         "/token/p/500": (500, {"code": 500, "data": None, "error": "internal error; it has been logged"}, {}),
         "/token/p/503": (503, {"code": 503, "data": None, "error": "sql store unavailable"},
                          {"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"}),
@@ -339,6 +360,8 @@ def test_every_status_family_and_non_envelope_answers(proxy: FakePlatform) -> No
         with pytest.raises(PlatformError) as timeout:  # 504 is a platform error too
             client.get("p", "504")
         assert timeout.value.platform == "wechat" and timeout.value.errcode is None
+        # A server from before expires_in: the token, and nothing said about its life.
+        assert client.get_expiring("p", "older") == Expiring("tok-from-an-older-server", None, None)
 
 
 # -- call() ----------------------------------------------------------------------------------
@@ -374,6 +397,61 @@ def test_call_accepts_a_raised_stale_token(hub: Hub, tokens: TokenClient, wechat
 
     assert tokens.call("wechat", appid, fn) == "done"
     assert seen[0] == stale and seen[1] != stale and wechat.is_valid(seen[1])
+
+
+def wechatpy_with(token: str, wechat: FakeWeChat) -> WeChatClient:
+    """The real wechatpy client on a given token, leaving rejections to its caller."""
+    client = WeChatClient("unused", None, access_token=token, auto_retry=False, timeout=5)
+    client.API_BASE_URL = wechat.url("/cgi-bin/")
+    return client
+
+
+def test_call_refreshes_once_when_an_sdk_raises_the_rejection(hub: Hub, tokens: TokenClient,
+                                                              wechat: FakeWeChat) -> None:
+    appid = hub.fresh_app()
+    stale = tokens.get("wechat", appid)
+    wechat.invalidate(stale)
+    seen: list[str] = []
+
+    def fn(token: str) -> dict[str, Any]:
+        seen.append(token)
+        answer: dict[str, Any] = wechatpy_with(token, wechat).get(API_PATH.removeprefix("/cgi-bin/"))
+        return answer
+
+    with pytest.raises(WeChatClientException) as raised:  # what wechatpy does with 40001
+        fn(stale)
+    assert raised.value.errcode == 40001
+    result = tokens.call("wechat", appid, fn)
+    assert result["errcode"] == 0 and seen[1:] == [stale, tokens.get("wechat", appid)] and seen[2] != stale
+    assert force_refreshes(wechat, appid) == 1
+
+    # Other codes, and the code under `code` (as other SDKs name it), are judged alike.
+    ran: list[str] = []
+
+    def quota(token: str) -> None:
+        ran.append(token)
+        raise WeChatClientException(45009, "reach max api daily quota limit")
+
+    with pytest.raises(WeChatClientException) as limited:
+        tokens.call("wechat", appid, quota)
+    assert limited.value.errcode == 45009 and len(ran) == 1
+
+    class SdkError(Exception):
+        def __init__(self, code: int | str) -> None:
+            super().__init__(code)
+            self.code = code
+
+    other_app, by_code = hub.fresh_app(), []  # one refresh per client, app and minute here
+
+    def rejected_by_code(token: str) -> str:
+        by_code.append(token)
+        if len(by_code) == 1:
+            raise SdkError("42001")
+        return "done"
+
+    assert tokens.call("wechat", other_app, rejected_by_code) == "done"
+    assert len(by_code) == 2 and by_code[0] != by_code[1] and force_refreshes(wechat, other_app) == 1
+    assert token_rejected("wecom", SdkError(40014)) and not token_rejected("wecom", SdkError(40001))
 
 
 def test_call_does_not_retry_other_errors(hub: Hub, tokens: TokenClient, wechat: FakeWeChat) -> None:

@@ -357,7 +357,12 @@ def route_of(app: Flask, response: TestResponse) -> Route:
 def envelope(response: TestResponse) -> dict[str, Any]:
     assert response.mimetype == "application/json", response.headers
     data = json.loads(response.get_data(as_text=True))
-    assert isinstance(data, dict) and set(data) == {"code", "data", "error"}, data
+    assert isinstance(data, dict) and set(data) - {"expires_in"} == {"code", "data", "error"}, data
+    if "expires_in" in data:  # a token or ticket answer, and only that
+        assert response.status_code == 200 and isinstance(data["expires_in"], int) and data["expires_in"] >= 0, data
+        assert response.headers["Cache-Control"] == f"private, max-age={data['expires_in']}"
+    if response.status_code >= 400:
+        assert response.headers["Cache-Control"] == "no-store", response.headers
     assert data["code"] == response.status_code, data
     assert isinstance(data["error"], str)
     if response.status_code == 200:

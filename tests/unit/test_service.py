@@ -505,3 +505,33 @@ def test_one_unreadable_credential_does_not_stop_the_others(clock: Clock, provid
     report = service.refresh_due()
     assert report.refreshed == [KEY] and list(report.failed) == [TokenKey("wechat", "wx_broken")]
     assert [(s.appid, s.state) for s in service.status()] == [("wx1", "valid"), ("wx_broken", "missing")]
+
+
+def test_expires_in_counts_the_whole_seconds_a_token_is_still_served(service: TokenService, provider: FakeProvider,
+                                                                     clock: Clock) -> None:
+    first = service.get("wechat", "wx1")
+    assert service.expires_in(first) == 7200 - 300
+    clock.advance(0.5)
+    assert service.expires_in(first) == 7200 - 300 - 1  # rounded down: never longer than it is served
+    # Inside its margin, served only because the refresh fails: nothing to cache.
+    clock.advance(7200 - 100)
+    provider.failures = [UpstreamError("wechat", "HTTP 500", retryable=True)] * 3
+    served = service.get("wechat", "wx1")
+    assert served.value == first.value and service.expires_in(served) == 0
+
+
+def test_expires_in_follows_the_margin_of_short_and_final_tokens(clock: Clock, shared: SharedStore,
+                                                                 memory: MemoryTokenStore) -> None:
+    provider = FakeProvider(clock)
+    provider.life_s = 400  # margin capped at half the reported life
+    service = make_service(clock, provider, shared, memory)
+    assert service.expires_in(service.get("wechat", "wx1")) == 200
+    # WeCom's same token handed back inside the margin: served to its end, less 2 s.
+    wecom = FakeProvider(clock, rule="same")
+    wecom.keeps_token_until_expiry = True  # type: ignore[attr-defined]
+    service = make_service(clock, wecom, SharedStore(), MemoryTokenStore(clock, 5))
+    service.get("wechat", "wx1")
+    clock.advance(7200 - 300)
+    final = service.get("wechat", "wx1")
+    # 300 s left less 2 s, and the few ms this clock moved since, rounded down.
+    assert final.final and service.expires_in(final) == 300 - 2 - 1
