@@ -94,7 +94,8 @@ def _finish_request(response: Response) -> Response:
     if ACCESS.enabled():
         args = request.view_args or {}
         ACCESS.write(request_event(
-            request_id=rid, client=g.get("client"), method=request.method, route=route,
+            request_id=rid, remote_addr=request.remote_addr, client=g.get("client"), method=request.method,
+            route=route,
             platform=args.get("platform"), appid=args.get("appid"), tier=ANSWERED_BY.get(),
             status=response.status_code, started=g.get("started")))
     return response

@@ -67,7 +67,8 @@ class FastPath:
                                   ("X-Request-Id", rid)])
         prometheus.http_request(ROUTE, "GET", 200)
         if ACCESS.enabled():
-            ACCESS.cached_get(rid, client_name, platform, appid, self.service.last_tier(), started)
+            ACCESS.cached_get(rid, environ.get("REMOTE_ADDR"), client_name, platform, appid, self.service.last_tier(),
+                              started)
         return [body]
 
     def _body(self, value: str) -> bytes:
