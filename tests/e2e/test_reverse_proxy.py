@@ -141,7 +141,8 @@ def token_lines(server: Server, count: int) -> list[dict[str, object]]:
 
 
 def connections_to(port: int) -> int:
-    out = subprocess.run(["ss", "-Htn", "state", "established", "dst", f"127.0.0.1:{port}"], capture_output=True,
+    ss = require_binary("ss", "iproute2")
+    out = subprocess.run([ss, "-Htn", "state", "established", "dst", f"127.0.0.1:{port}"], capture_output=True,
                          text=True, check=True).stdout
     return len(out.splitlines())
 
