@@ -19,11 +19,13 @@ from .config import Settings, load_settings
 from .core.auth import is_loopback
 from .core.errors import Forbidden
 from .core.ports import Clock
+from .core.proxies import TrustedProxies, parse_networks
 from .core.service import ANSWERED_BY
 from .logs import ACCESS, HideQuerySecrets, JsonFormatter, request_event, request_id
 from .scheduler import RefreshScheduler
 from .web import api, envelope, openapi, ops, status_page
 from .web.fastpath import FastPath
+from .web.proxies import ProxyHeaders
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -67,6 +69,9 @@ def create_app(settings: Settings | None = None, *, overrides: Mapping[str, Any]
     cli.register(app)
     if settings.fast_path:
         app.wsgi_app = FastPath(app.wsgi_app, container)  # type: ignore[method-assign]
+    if settings.trusted_proxies:  # outermost: the hot path and Flask see the caller's address
+        proxies = TrustedProxies(parse_networks(settings.trusted_proxies))
+        app.wsgi_app = ProxyHeaders(app.wsgi_app, proxies)  # type: ignore[method-assign]
     return app
 
 
@@ -94,7 +99,8 @@ def _finish_request(response: Response) -> Response:
     if ACCESS.enabled():
         args = request.view_args or {}
         ACCESS.write(request_event(
-            request_id=rid, client=g.get("client"), method=request.method, route=route,
+            request_id=rid, remote_addr=request.remote_addr, client=g.get("client"), method=request.method,
+            route=route,
             platform=args.get("platform"), appid=args.get("appid"), tier=ANSWERED_BY.get(),
             status=response.status_code, started=g.get("started")))
     return response

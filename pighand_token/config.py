@@ -20,6 +20,7 @@ from typing import Any
 from dynaconf import Dynaconf
 
 from .core.errors import SettingsError
+from .core.proxies import parse_networks, split_entries
 
 SETTINGS_DIR = Path(__file__).resolve().parent.parent / "settings"
 ENVIRONMENTS = ("development", "testing", "production")
@@ -74,6 +75,7 @@ class Settings:
     http_header_timeout: float = 10.0
     worker_lifetime: int = 0
     cpu_affinity: bool = True
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def uses_mysql(self) -> bool:
@@ -88,7 +90,7 @@ class Settings:
 class _Rule:
     """What one setting accepts, and how its ``PIGHAND_<NAME>`` text is read."""
 
-    kind: str  # "bool", "int", "number", "text" or "choice"
+    kind: str  # "bool", "int", "number", "text", "choice" or "networks"
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] = ()
@@ -104,6 +106,8 @@ class _Rule:
             return f"a number {'>=' if self.low_included else '>'} {self.low:g}"
         if self.kind == "choice":
             return ", ".join(self.choices)
+        if self.kind == "networks":
+            return "IP addresses or CIDR networks (IPv4, IPv6), comma-separated: 10.0.0.0/8,::1"
         return "a string"
 
     def accepts(self, value: Any) -> bool:
@@ -113,6 +117,8 @@ class _Rule:
             return isinstance(value, str)
         if self.kind == "choice":
             return isinstance(value, str) and value in self.choices
+        if self.kind == "networks":
+            return not _networks_problem(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
         if self.kind == "int":
@@ -123,7 +129,7 @@ class _Rule:
     def from_env(self, text: str) -> Any:
         """The typed value of an environment variable; text that does not
         parse is returned as it is, so validation names what was given."""
-        if self.kind in ("text", "choice"):
+        if self.kind in ("text", "choice", "networks"):
             return text
         word = text.strip()
         if self.kind == "bool":
@@ -170,6 +176,7 @@ RULES: dict[str, _Rule] = {
     "wechat_token_mode": _Rule("choice", choices=WECHAT_TOKEN_MODES),
     "upstream_timeout": _Rule("number", 0),
     "http_header_timeout": _Rule("number", 0),
+    "trusted_proxies": _Rule("networks"),
 }
 SECTIONS = ("default", *ENVIRONMENTS)
 _RULES_BY_TYPE = {"str": _Rule("text"), "bool": _Rule("bool"), "int": _Rule("int", 0),
@@ -261,10 +268,13 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
 
     for name, rule in rules.items():
         if name in raw and not rule.accepts(raw[name]):
-            raise SettingsError(f"{name}={raw[name]!r} is invalid: allowed values are {rule.allowed}")
+            raise SettingsError(f"{name}={raw[name]!r} is invalid: allowed values are {rule.allowed}"
+                                + (_networks_problem(raw[name]) if rule.kind == "networks" else ""))
     for name, rule in rules.items():
         if rule.kind == "number" and name in raw:
             raw[name] = float(raw[name])
+        if rule.kind == "networks" and name in raw:
+            raw[name] = _networks(raw[name])
     settings = Settings(env=env, **raw)
     _check_combinations(settings)
     return settings
@@ -313,6 +323,23 @@ def _check_combinations(settings: Settings) -> None:
         if settings.redis_db:
             raise SettingsError(f"redis_db={settings.redis_db!r} is invalid: allowed values are 0 with "
                                 "redis_cluster_nodes (a cluster has database 0 only)")
+
+
+def _networks(value: object) -> tuple[str, ...]:
+    """A ``networks`` value as canonical CIDR strings; ValueError saying
+    what is wrong with it."""
+    entries = split_entries(value)
+    if entries is None:
+        raise ValueError("give a list of strings or comma-separated text")
+    return tuple(str(network) for network in parse_networks(entries))
+
+
+def _networks_problem(value: object) -> str:
+    try:
+        _networks(value)
+    except ValueError as exc:
+        return f"; {exc}"
+    return ""
 
 
 def _first_line(message: str) -> str:

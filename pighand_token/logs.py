@@ -45,10 +45,13 @@ def request_id(given: str | None) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
-def request_event(*, request_id: str, client: str | None, method: str, route: str, platform: object,
-                  appid: object, tier: str | None, status: int, started: float | None) -> dict[str, Any]:
-    """The fields of the one JSON line logged per request."""
-    return {"kind": "request", "request_id": request_id, "client": client, "method": method, "route": route,
+def request_event(*, request_id: str, remote_addr: str | None, client: str | None, method: str, route: str,
+                  platform: object, appid: object, tier: str | None, status: int,
+                  started: float | None) -> dict[str, Any]:
+    """The fields of the one JSON line logged per request. ``remote_addr``
+    is the caller's (behind a trusted proxy, the one it names)."""
+    return {"kind": "request", "request_id": request_id, "remote_addr": remote_addr, "client": client,
+            "method": method, "route": route,
             "platform": platform, "appid": appid, "tier": tier, "status": status,
             "duration_ms": None if started is None else round((time.perf_counter() - started) * 1000, 2)}
 
@@ -102,6 +105,7 @@ class AccessLog:
         self._dropped = 0
         after_fork(self, AccessLog._forked)
         self._middles: dict[tuple[str | None, str, str, str | None], str] = {}
+        self._addresses: dict[str | None, str] = {}
 
     def enabled(self) -> bool:
         return self._logger.isEnabledFor(logging.INFO)
@@ -110,38 +114,46 @@ class AccessLog:
         """One request's line; any field may come from the caller (escaped)."""
         self._put(f'{{"ts": "{_timestamp(time.time())}{self._HEAD}{json.dumps(event, default=str)[1:]}')
 
-    def cached_get(self, request_id: str, client: str | None, platform: str, appid: str, tier: str | None,
-                   started: float) -> None:
+    def cached_get(self, request_id: str, remote_addr: str | None, client: str | None, platform: str, appid: str,
+                   tier: str | None, started: float) -> None:
         """The line of a GET the hot path answered: the same fields as
         ``write(request_event(...))`` gives. The request queues only the
         values; the writer thread makes the lines of a batch in one tight
         loop, off the request's thread."""
-        self._put((time.time(), request_id, client, platform, appid, tier, time.perf_counter() - started))
+        self._put((time.time(), request_id, remote_addr, client, platform, appid, tier,
+                   time.perf_counter() - started))
 
     def _cached_get_lines(self, batch: list[str | tuple[Any, ...]]) -> list[str]:
         """The batch's lines: its strings as they are, a cached GET's made
         from its values. The request id, the platform and the appid were
         validated by their patterns (A-Z a-z 0-9 _ . : -) before the request
         got here, so they need no escaping; the client name comes from the
-        store and is encoded. The part of a line between the request id and
-        the duration is made once per client, appid and tier."""
+        store and is encoded, as is the address (made once per address). The
+        part of a line between the address and the duration is made once per
+        client, appid and tier."""
         middles = self._middles
+        addresses = self._addresses
         lines = []
         for item in batch:
             if isinstance(item, str):
                 lines.append(item)
                 continue
-            at, request_id, client, platform, appid, tier, seconds = item
+            at, request_id, remote_addr, client, platform, appid, tier, seconds = item
+            address = addresses.get(remote_addr)
+            if address is None:
+                if len(addresses) >= self.MIDDLES:
+                    addresses.clear()
+                address = addresses[remote_addr] = json.dumps(remote_addr)
             middle = middles.get((client, platform, appid, tier))
             if middle is None:
                 if len(middles) >= self.MIDDLES:
                     middles.clear()
                 who = "null" if client is None else json.dumps(client)
                 middle = middles[(client, platform, appid, tier)] = (
-                    f'", "client": {who}, "method": "GET", "route": "/token/<platform>/<appid>", '
+                    f', "client": {who}, "method": "GET", "route": "/token/<platform>/<appid>", '
                     f'"platform": "{platform}", "appid": "{appid}", "tier": "{tier}", "status": 200, "duration_ms": ')
-            lines.append(f'{{"ts": "{_timestamp(at)}{self._HEAD}"kind": "request", "request_id": "{request_id}'
-                         f'{middle}{round(seconds * 1000, 2)}}}')
+            lines.append(f'{{"ts": "{_timestamp(at)}{self._HEAD}"kind": "request", "request_id": "{request_id}", '
+                         f'"remote_addr": {address}{middle}{round(seconds * 1000, 2)}}}')
         return lines
 
     def _put(self, line: str | tuple[Any, ...]) -> None:

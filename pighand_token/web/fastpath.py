@@ -72,7 +72,8 @@ class FastPath:
                                   ("Cache-Control", caching), ("X-Request-Id", rid)])
         prometheus.http_request(ROUTE, "GET", 200)
         if ACCESS.enabled():
-            ACCESS.cached_get(rid, client_name, platform, appid, self.service.last_tier(), started)
+            ACCESS.cached_get(rid, environ.get("REMOTE_ADDR"), client_name, platform, appid, self.service.last_tier(),
+                              started)
         return [body]
 
     def _answer(self, value: str, expires_in: int) -> _Answer:

@@ -214,6 +214,8 @@ def other_value(name: str, default: Any) -> tuple[str, Any]:
         return CHOICES[name], CHOICES[name]
     if name == "worker_lifetime":  # 0 (off) or at least a minute
         return "3600", 3600
+    if name == "trusted_proxies":
+        return "10.0.0.0/8,::1", ("10.0.0.0/8", "::1/128")
     if isinstance(default, bool):
         return str(not default).lower(), not default
     if isinstance(default, int):
@@ -268,6 +270,7 @@ def test_upstream_timeout_env_var_becomes_a_float(
     ("PIGHAND_UPSTREAM_TIMEOUT", "nan", "upstream_timeout", "> 0"),
     ("PIGHAND_LOCAL_CACHE_TTL", "-1", "local_cache_ttl", ">= 0"),
     ("PIGHAND_LOG_LEVEL", "loud", "log_level", "debug, info, warning, error, critical"),
+    ("PIGHAND_TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal", "trusted_proxies", "CIDR networks"),
     ("PIGHAND_ENV", "staging", "PIGHAND_ENV", "development, testing, production"),
 ])
 def test_a_bad_value_is_one_line_naming_setting_value_and_what_is_allowed(
@@ -292,6 +295,35 @@ def test_a_bad_value_in_a_settings_file_is_refused(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("PIGHAND_ENV", "production")
     with pytest.raises(SettingsError, match=r"^save_model='every' is invalid: allowed values are auto, all$"):
         load_settings()
+
+
+# -- trusted_proxies ---------------------------------------------------------------
+def test_trusted_proxies_default_to_none() -> None:
+    assert load_settings().trusted_proxies == ()
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1, 10.0.0.0/8 2001:db8::/32",
+                                  '["127.0.0.1", "10.0.0.0/8", "2001:db8::/32"]'])
+def test_trusted_proxies_from_the_environment_as_text_or_a_list(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setenv("PIGHAND_TRUSTED_PROXIES", text)
+    assert load_settings().trusted_proxies == ("127.0.0.1/32", "10.0.0.0/8", "2001:db8::/32")
+
+
+def test_trusted_proxies_in_a_settings_file_as_a_toml_list(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PIGHAND_SETTINGS_FILE",
+                       settings_file(tmp_path, '[default]\ntrusted_proxies = ["192.0.2.10", "fd00::/8"]\n'))
+    assert load_settings().trusted_proxies == ("192.0.2.10/32", "fd00::/8")
+
+
+@pytest.mark.parametrize(("value", "named"), [
+    ("10.0.0.1/8", "'10.0.0.1/8' is not an IP address or CIDR network (10.0.0.1/8 has host bits set)"),
+    ("proxy.internal", "'proxy.internal' is not an IP address or CIDR network"),
+    ("[1, 2]", "give a list of strings or comma-separated text"),
+])
+def test_a_bad_trusted_proxy_stops_the_start_naming_the_entry(value: str, named: str) -> None:
+    message = settings_error(PIGHAND_TRUSTED_PROXIES=value)
+    assert message.startswith(f"trusted_proxies={value!r} is invalid: allowed values are IP addresses or CIDR")
+    assert named in message and "\n" not in message
 
 
 @pytest.mark.parametrize(("text", "fragment"), [

@@ -15,8 +15,9 @@ from pighand_token.logs import AccessLog, JsonFormatter, request_event
 
 
 def event(**extra: object) -> dict[str, object]:
-    fields = dict(request_id="r1", client="billing", method="GET", route="/token/<platform>/<appid>",
-                  platform="wechat", appid="wx1", tier="memory", status=200, started=time.perf_counter())
+    fields = dict(request_id="r1", remote_addr="10.1.2.3", client="billing", method="GET",
+                  route="/token/<platform>/<appid>", platform="wechat", appid="wx1", tier="memory", status=200,
+                  started=time.perf_counter())
     fields.update(extra)
     return request_event(**fields)  # type: ignore[arg-type]
 
@@ -35,18 +36,20 @@ def test_each_request_is_one_json_line_with_the_formatters_keys() -> None:
     assert list(first)[:4] == ["ts", "level", "logger", "msg"]
     assert first["level"] == "info" and first["logger"] == "pighand_token.access" and first["msg"] == "request"
     assert first["kind"] == "request" and first["client"] == "billing" and first["status"] == 200
+    assert first["remote_addr"] == "10.1.2.3"
     assert isinstance(first["duration_ms"], float)
     assert second["appid"] == 'odd"\n\x1b[2J' and second["status"] == 404
     assert len(stream.getvalue().splitlines()) == 2  # the newline inside a value is escaped
 
 
-@pytest.mark.parametrize("client", ["billing", None, 'odd "name"'])
-def test_the_hot_path_line_is_the_same_line(client: str | None) -> None:
+@pytest.mark.parametrize(("client", "address"), [("billing", "10.1.2.3"), (None, "2001:db8::7"),
+                                                 ('odd "name"', None), ("billing", 'odd "addr"')])
+def test_the_hot_path_line_is_the_same_line(client: str | None, address: str | None) -> None:
     stream = io.StringIO()
     access = AccessLog(stream)
     started = time.perf_counter()
-    access.write(event(client=client, started=started))
-    access.cached_get("r1", client, "wechat", "wx1", "memory", started)
+    access.write(event(client=client, remote_addr=address, started=started))
+    access.cached_get("r1", address, client, "wechat", "wx1", "memory", started)
     access.flush()
     general, fast = lines(stream)
     assert list(general) == list(fast)
