@@ -217,6 +217,8 @@ def split_token_appid(appid: str) -> tuple[str, str]:
 
 class AlipayProvider(HttpProvider):
     platform = "alipay"
+    appid_pattern = "[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+"
+    appid_example = "2021000000000001:2021000000000002"
 
     def __init__(self, *, grants: GrantStore, margin_s: float, session: requests.Session, base_url: str,
                  timeout_s: float, clock: Clock) -> None:

@@ -11,7 +11,7 @@ from urllib.parse import quote, quote_plus
 import requests
 
 from ..config import Settings
-from ..core.domain import Credential, Token
+from ..core.domain import APPID_PATTERN, Credential, Token
 from ..core.errors import UpstreamError, UpstreamTimeout
 from ..core.ports import Clock, Counters, GrantStore, Locks
 
@@ -69,6 +69,13 @@ class HttpProvider:
         raise NotImplementedError
 
     # -- what a platform's appids and secrets look like ------------------------
+    # The appids (as used in the token URL) that appid_error accepts, as a
+    # regular expression that matches them whole, and one such appid: the
+    # document at /openapi.json declares them per platform, so that a client
+    # generated from it, or a fuzzer, knows the form before it asks.
+    appid_pattern: str = APPID_PATTERN.pattern
+    appid_example: str | None = None
+
     def appid_error(self, appid: str) -> str | None:
         """Why ``appid`` (as used in the token URL) is malformed for this
         platform, or None. The generic character check has passed already."""

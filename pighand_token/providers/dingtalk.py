@@ -38,6 +38,8 @@ _THROTTLED_PREFIX = "Forbidden.AccessDenied.QpsLimit"
 
 class DingTalkProvider(HttpProvider):
     platform = "dingtalk"
+    appid_pattern = "[A-Za-z0-9_.-]{1,128}"
+    appid_example = "ding0123456789abcdef"
 
     @classmethod
     def build(cls, ctx: ProviderContext) -> HttpProvider:

@@ -75,6 +75,7 @@ HINTS = {
 
 class FeishuProvider(HttpProvider):
     platform = "feishu"
+    appid_example = "cli_a1b2c3d4e5f6a7b8"
 
     @classmethod
     def build(cls, ctx: ProviderContext) -> HttpProvider:

@@ -60,6 +60,8 @@ class WeComProvider(HttpProvider):
     # The same token comes back until it expires: the service then serves it
     # to its end rather than asking again, and never extends its expiry.
     keeps_token_until_expiry = True
+    appid_pattern = _CORPID.pattern + ":[0-9]+"
+    appid_example = "ww0123456789abcdef:1000002"
 
     @classmethod
     def build(cls, ctx: ProviderContext) -> HttpProvider:

@@ -1,14 +1,20 @@
 """``GET /openapi.json``: an OpenAPI 3.1 document of the HTTP API.
 
-Built for the app that serves it, at request time: the platform enum is the
-app's registered platforms, security applies only when the app asks for a
-key, and only the routes the app really serves are listed.
+Built for the app that serves it, at request time: one token path per
+registered platform (each with that platform's appid form), security only
+where the app asks for a key, and only the routes the app really serves.
+
+Written for code generators as much as for readers: every answer has one
+plain object schema of its own (no ``allOf``, which generators such as
+openapi-python-client cannot merge with a ``const``), and every status a
+route can answer is declared with it.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -19,24 +25,37 @@ from ..core.domain import APPID_PATTERN
 bp = Blueprint("openapi", __name__)
 
 OPENAPI_VERSION = "3.1.0"
-APPID_REGEX = f"^{APPID_PATTERN.pattern}$"
+APPID_MAX_LENGTH = 128
 REQUEST_ID_REGEX = "^[A-Za-z0-9._:-]{1,64}$"
 DEFAULT_TICKET_TYPES = ("jsapi", "wx_card")
 IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
-EXAMPLE_PLATFORM = "wechat"
-EXAMPLE_APPID = "wx1234567890abcdef"
 EXAMPLE_TOKEN = "83_Xk2example"
+TOKEN_ROUTE = "/token/{platform}/{appid}"
+TICKET_ROUTE = "/ticket/{platform}/{appid}/{ticket_type}"
+EXPIRES_IN_TEXT = "Whole seconds the hub will keep serving this value."
 
 Json = dict[str, Any]
 Route = tuple[str, str]
 
+
+@dataclass(frozen=True)
+class AppidForm:
+    """What a platform's appids look like: a regular expression matching
+    one whole, and an example of one (or None)."""
+
+    pattern: str = APPID_PATTERN.pattern
+    example: str | None = None
+
+
 _STATUS_TEXT = {
     400: "Bad request: a malformed appid (`[A-Za-z0-9_.:-]{1,128}` plus the platform's own form), a body "
-         "that is not a JSON object, or a `stale_token` that is not a non-empty string.",
+         "that is not a JSON object, or a `stale_token` that is not a non-empty string (or named twice with "
+         "different values).",
     401: "No API key, or an unknown or revoked one.",
-    403: "The key's scope does not cover this app.",
-    404: "Unknown platform (the message lists the supported ones), no credential for the appid, or an unknown "
-         "ticket type.",
+    403: "The key's scope does not cover this app; or, with `auth_required` off, a caller that is not on this "
+         "machine.",
+    404: "No credential for the appid, an unknown platform (the message lists the supported ones), ticket type "
+         "or path.",
     405: "Method not allowed on this path; `Allow` lists the methods that are.",
     413: "Request body over 64 KiB.",
     429: "Too many refreshes that reach the platform for this client and app, or WeChat's `force_refresh` "
@@ -44,7 +63,7 @@ _STATUS_TEXT = {
     500: "Anything unexpected (logged; no trace is sent).",
     502: "The platform refused: its errcode and message (never the secret). During a cooldown after a failed "
          "call, with `Retry-After`.",
-    503: "A store is unavailable, or another worker's refresh took too long.",
+    503: "A store is unavailable, or another worker's refresh took too long (then with `Retry-After`).",
     504: "The platform did not answer within `upstream_timeout`.",
 }
 
@@ -66,13 +85,18 @@ def document_for(app: Flask) -> Json:
     container = app.extensions["pighand"]
     service = container.service
     ticket_types: dict[str, tuple[str, ...]] = {}
+    appid_forms: dict[str, AppidForm] = {}
     for name in service.platforms():
-        types = tuple(getattr(service.providers.get(name), "ticket_types", ()) or ())
+        provider = service.providers.get(name)
+        types = tuple(getattr(provider, "ticket_types", ()) or ())
         if types:
             ticket_types[name] = types
+        appid_forms[name] = AppidForm(getattr(provider, "appid_pattern", APPID_PATTERN.pattern),
+                                      getattr(provider, "appid_example", None))
     return build_document(
         platforms=service.platforms(),
         ticket_types=ticket_types,
+        appid_forms=appid_forms,
         auth_required=bool(container.settings.auth_required),
         routes=app_routes(app),
     )
@@ -95,16 +119,22 @@ def openapi_path(rule: str) -> str:
 
 
 def build_document(*, platforms: Sequence[str], ticket_types: Mapping[str, Sequence[str]],
-                   auth_required: bool, routes: Collection[Route] | None = None) -> Json:
+                   auth_required: bool, appid_forms: Mapping[str, AppidForm] | None = None,
+                   routes: Collection[Route] | None = None) -> Json:
     """The document for an app with these platforms (and, per platform, its
-    ticket types) that does or does not ask for a key. With ``routes``, only
-    the operations among them are listed; without, every operation the
-    service defines."""
+    ticket types and appid form) that does or does not ask for a key. With
+    ``routes``, only the operations of those routes are listed; without,
+    every operation the service defines.
+
+    The token and ticket routes take the platform as a path segment; the
+    document lists one path per platform instead of a ``{platform}``
+    parameter, because what a valid appid is depends on the platform and a
+    parameter's schema cannot depend on another parameter."""
     secured: list[Json] = [{"bearerAuth": []}, {"apiKeyAuth": []}] if auth_required else []
-    operations = _operations(sorted(platforms), ticket_types, auth_required, secured)
+    forms = {name: (appid_forms or {}).get(name, AppidForm()) for name in platforms}
     paths: Json = {}
-    for path, method, operation in operations:
-        if routes is None or (path, method) in routes:
+    for route, path, method, operation in _operations(forms, ticket_types, auth_required, secured):
+        if routes is None or (route, method) in routes:
             paths.setdefault(path, {})[method] = operation
     return {
         "openapi": OPENAPI_VERSION,
@@ -151,98 +181,107 @@ def _version() -> str:
 
 
 # -- operations ------------------------------------------------------------------
-def _operations(platforms: list[str], ticket_types: Mapping[str, Sequence[str]], auth_required: bool,
-                secured: list[Json]) -> Iterable[tuple[str, str, Json]]:
-    auth_statuses = [401, 403] if auth_required else []
-    platform = _param("platform", "path", "A registered platform.", {"type": "string", "enum": platforms},
-                      example=EXAMPLE_PLATFORM if EXAMPLE_PLATFORM in platforms else None)
-    appid = _param("appid", "path", "The app's id on the platform; some platforms add their own form "
-                   "(WeCom `<corpid>:<agentid>`, Alipay `<app_id>:<auth_app_id>`).",
-                   {"type": "string", "pattern": APPID_REGEX}, example=EXAMPLE_APPID)
-    ticket_platforms = sorted(ticket_types) or platforms
-    all_types = sorted({t for types in ticket_types.values() for t in types}) or list(DEFAULT_TICKET_TYPES)
-    ticket_platform = _param("platform", "path", "A platform that issues tickets.",
-                             {"type": "string", "enum": ticket_platforms},
-                             example=EXAMPLE_PLATFORM if EXAMPLE_PLATFORM in ticket_platforms else None)
-    ticket_type = _param("ticket_type", "path", "`jsapi`: the JS-SDK `jsapi_ticket`; `wx_card`: the card "
-                         "`api_ticket`.", {"type": "string", "enum": all_types}, example=all_types[0])
+def _operations(forms: Mapping[str, AppidForm], ticket_types: Mapping[str, Sequence[str]], auth_required: bool,
+                secured: list[Json]) -> Iterable[tuple[str, str, str, Json]]:
+    """``(route, path, method, operation)``: ``route`` is the Flask route
+    (in OpenAPI form) the operation is served by."""
+    unauthorized = [401] if auth_required else []
+    # 403 on the token routes: with keys, a scope that does not cover the
+    # app; without, a caller that is not on this machine (on every route).
     request_id = {"$ref": "#/components/parameters/RequestId"}
-    token_errors = [400, *auth_statuses, 404, 500, 502, 503, 504]
-
-    yield "/token/{platform}/{appid}", "get", {
-        "tags": ["tokens"],
-        "operationId": "getToken",
-        "summary": "The current token",
-        "description": "Served from Redis, the worker's memory or the SQL store, and fetched from the platform "
-                       "only when none holds a valid one (one call across every worker and instance).",
-        "parameters": [platform, appid, request_id],
-        "security": secured,
-        "responses": _responses(_ok("The current token.", "Token"), token_errors),
-    }
-    yield "/token/{platform}/{appid}", "put", {
-        "tags": ["tokens"],
-        "operationId": "refreshToken",
-        "summary": "Replace the token",
-        "description": "Without a stale token: a new token from the platform, stored in every tier. With "
-                       "`stale_token` (the token a platform API rejected): the current token if it is "
-                       "already a different one (no platform call), else a new one. The body's fields take "
-                       "precedence over the query's.",
-        "parameters": [
-            platform, appid,
-            _param("stale_token", "query", "The token a platform API rejected.", {"type": "string", "minLength": 1}),
-            _param("nowToken", "query", "The original service's name for `stale_token`.",
-                   {"type": "string", "minLength": 1}, deprecated=True),
-            request_id,
-        ],
-        "requestBody": {
-            "required": False,
-            "description": "Optional. A JSON object naming the token a platform API rejected.",
-            "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/StaleToken"},
-                "example": {"stale_token": EXAMPLE_TOKEN},
-            }},
-        },
-        "security": secured,
-        "responses": _responses(_ok("The current or a new token.", "Token"),
-                                [400, *auth_statuses, 404, 413, 429, 500, 502, 503, 504]),
-    }
-    yield "/ticket/{platform}/{appid}/{ticket_type}", "get", {
-        "tags": ["tokens"],
-        "operationId": "getTicket",
-        "summary": "A ticket made with the managed token",
-        "description": "The WeChat JS-SDK `jsapi_ticket` or card `api_ticket`, cached with its own expiry "
-                       "like a token. If the platform rejects the token, it is replaced once and the ticket "
-                       "asked for again.",
-        "parameters": [ticket_platform, appid, ticket_type, request_id],
-        "security": secured,
-        "responses": _responses(_ok("The current ticket.", "Token"),
-                                [400, *auth_statuses, 404, 429, 500, 502, 503, 504]),
-    }
-    yield "/healthz", "get", {
+    for platform, form in sorted(forms.items()):
+        name = _camel(platform)
+        appid = _param("appid", "path", f"The app's id on {platform}.", _appid_schema(form), example=form.example)
+        yield TOKEN_ROUTE, f"/token/{platform}/{{appid}}", "get", {
+            "tags": ["tokens"],
+            "operationId": f"get{name}Token",
+            "summary": f"The current {platform} token",
+            "description": "Served from Redis, the worker's memory or the SQL store, and fetched from the "
+                           "platform only when none holds a valid one (one call across every worker and "
+                           "instance).",
+            "parameters": [appid, request_id],
+            "security": secured,
+            "responses": _responses(_ok("The current token.", "Token"),
+                                    [400, *unauthorized, 403, 404, 405, 500, 502, 503, 504]),
+        }
+        yield TOKEN_ROUTE, f"/token/{platform}/{{appid}}", "put", {
+            "tags": ["tokens"],
+            "operationId": f"refresh{name}Token",
+            "summary": f"Replace the {platform} token",
+            "description": "Without a stale token: a new token from the platform, stored in every tier. With "
+                           "`stale_token` (the token a platform API rejected): the current token if it is "
+                           "already a different one (no platform call), else a new one. Name it in the body "
+                           "or in the query, not in both with different values.",
+            "parameters": [
+                appid,
+                _param("stale_token", "query", "The token a platform API rejected.",
+                       {"type": "string", "minLength": 1}),
+                _param("nowToken", "query", "The original service's name for `stale_token`.",
+                       {"type": "string", "minLength": 1}, deprecated=True),
+                request_id,
+            ],
+            "requestBody": {
+                "required": False,
+                "description": "Optional. A JSON object naming the token a platform API rejected.",
+                "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/StaleToken"},
+                    "example": {"stale_token": EXAMPLE_TOKEN},
+                }},
+            },
+            "security": secured,
+            "responses": _responses(_ok("The current or a new token.", "Token"),
+                                    [400, *unauthorized, 403, 404, 405, 413, 429, 500, 502, 503, 504]),
+        }
+    for platform, types in sorted(ticket_types.items()):
+        if platform not in forms or not types:
+            continue
+        form = forms[platform]
+        kinds = sorted(types)
+        yield TICKET_ROUTE, f"/ticket/{platform}/{{appid}}/{{ticket_type}}", "get", {
+            "tags": ["tokens"],
+            "operationId": f"get{_camel(platform)}Ticket",
+            "summary": f"A {platform} ticket made with the managed token",
+            "description": "The WeChat JS-SDK `jsapi_ticket` or card `api_ticket`, cached with its own expiry "
+                           "like a token. If the platform rejects the token, it is replaced once and the "
+                           "ticket asked for again.",
+            "parameters": [
+                _param("appid", "path", f"The app's id on {platform}.", _appid_schema(form), example=form.example),
+                _param("ticket_type", "path", "`jsapi`: the JS-SDK `jsapi_ticket`; `wx_card`: the card "
+                       "`api_ticket`.", {"type": "string", "enum": kinds}, example=kinds[0]),
+                request_id,
+            ],
+            "security": secured,
+            "responses": _responses(_ok("The current ticket.", "Token"),
+                                    [400, *unauthorized, 403, 404, 405, 429, 500, 502, 503, 504]),
+        }
+    open_errors = [*([] if auth_required else [403]), 405, 500]
+    # With keys, a key is looked up in the SQL store: 503 while it is down.
+    keys_looked_up = [503] if auth_required else []
+    yield "/healthz", "/healthz", "get", {
         "tags": ["operations"],
         "operationId": "healthz",
         "summary": "Liveness",
         "description": "The process answers; touches no store.",
         "parameters": [request_id],
         "security": [],
-        "responses": _responses(_ok("Alive.", "Data"), [500]),
+        "responses": _responses(_ok("Alive.", "Ok"), open_errors),
     }
-    yield "/readyz", "get", {
+    yield "/readyz", "/readyz", "get", {
         "tags": ["operations"],
         "operationId": "readyz",
         "summary": "Readiness",
         "description": "Every configured store (SQL, Redis) answers. 503 names the ones that do not.",
         "parameters": [request_id],
         "security": [],
-        "responses": _responses(_ok("Every store answers.", "Data"), [500], {
+        "responses": _responses(_ok("Every store answers.", "Ok"), open_errors, {
             "503": {
-                "description": "Not ready: the error names each store that failed and why.",
+                "description": "Not ready: the error names each store that failed.",
                 "headers": _headers(),
-                "content": _json(_error_schema(503)),
+                "content": _json({"$ref": "#/components/schemas/Unavailable"}),
             },
         }),
     }
-    yield "/metrics", "get", {
+    yield "/metrics", "/metrics", "get", {
         "tags": ["operations"],
         "operationId": "metrics",
         "summary": "Prometheus metrics",
@@ -258,26 +297,29 @@ def _operations(platforms: list[str], ticket_types: Mapping[str, Sequence[str]],
             "description": "Metrics in the Prometheus text format.",
             "headers": _headers(),
             "content": {"text/plain": {"schema": {"type": "string"}}},
-        }, [*auth_statuses, 500]),
+        }, [*unauthorized, 403, 405, 500, *keys_looked_up]),
     }
     page_errors: Json = {"500": _html("Anything unexpected, as a page (logged; no trace is sent)."),
                          "503": _html("A store is unavailable, as a page naming it.")}
     if auth_required:
         page_errors["401"] = _html("No API key, or an unknown or revoked one, as a page saying how to send one.",
                                    {"WWW-Authenticate": "WWWAuthenticate"})
-    yield "/", "get", {
+    else:
+        page_errors["403"] = _html("A caller that is not on this machine, as a page.")
+    yield "/", "/", "get", {
         "tags": ["operations"],
         "operationId": "statusPage",
         "summary": "Status page",
         "description": "One HTML page: each credential's platform and appid, token state, expiry, last "
-                       "refresh and last platform error; no token or secret. Errors are pages too."
+                       "refresh and last platform error; no token or secret. Errors are pages too, but for "
+                       "a method the page does not allow (405, the envelope)."
                        + (" Needs a key; the page lists only the apps in the key's scope." if auth_required
                           else ""),
         "parameters": [request_id],
         "security": secured,
-        "responses": _responses(_html("The status page."), [], page_errors),
+        "responses": _responses(_html("The status page."), [405], page_errors),
     }
-    yield "/openapi.json", "get", {
+    yield "/openapi.json", "/openapi.json", "get", {
         "tags": ["meta"],
         "operationId": "openapi",
         "summary": "This document",
@@ -288,8 +330,17 @@ def _operations(platforms: list[str], ticket_types: Mapping[str, Sequence[str]],
             "description": "The OpenAPI document.",
             "headers": _headers(),
             "content": _json({"type": "object", "required": ["openapi", "info", "paths"]}),
-        }, [500]),
+        }, open_errors),
     }
+
+
+def _camel(platform: str) -> str:
+    """``feishu_app`` -> ``FeishuApp``, for operation ids."""
+    return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", platform) if part)
+
+
+def _appid_schema(form: AppidForm) -> Json:
+    return {"type": "string", "pattern": f"^(?:{form.pattern})$", "maxLength": APPID_MAX_LENGTH}
 
 
 def _param(name: str, where: str, description: str, schema: Json, *, deprecated: bool = False,
@@ -304,7 +355,8 @@ def _param(name: str, where: str, description: str, schema: Json, *, deprecated:
 
 
 def _ok(description: str, schema: str) -> Json:
-    return {"description": description, "headers": _headers(),
+    headers = _headers({"Cache-Control": "CacheControl"} if schema == "Token" else None)
+    return {"description": description, "headers": headers,
             "content": _json({"$ref": f"#/components/schemas/{schema}"})}
 
 
@@ -331,11 +383,26 @@ def _headers(extra: Mapping[str, str] | None = None) -> Json:
     return {name: {"$ref": f"#/components/headers/{component}"} for name, component in names.items()}
 
 
+def _envelope_schema(description: str, *, code: Json, data: Json, error: Json,
+                     extra: Mapping[str, Json] | None = None, required_extra: Sequence[str] = ()) -> Json:
+    """One answer's envelope as a plain object schema: generators type each
+    field from it directly."""
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["code", "data", "error", *required_extra],
+        "properties": {"code": code, "data": data, "error": error, **(extra or {})},
+        "additionalProperties": False,
+    }
+
+
 def _error_schema(status: int) -> Json:
-    return {"allOf": [
-        {"$ref": "#/components/schemas/Envelope"},
-        {"properties": {"code": {"const": status}, "data": {"type": "null"}, "error": {"minLength": 1}}},
-    ]}
+    return _envelope_schema(
+        f"The envelope of a {status} answer: `data` is null, `error` says what went wrong.",
+        code={"type": "integer", "const": status, "description": "The HTTP status."},
+        data={"type": "null"},
+        error={"type": "string", "minLength": 1, "description": "What went wrong; never a secret."},
+    )
 
 
 # -- components --------------------------------------------------------------------
@@ -347,37 +414,26 @@ def _components() -> Json:
             405: _headers({"Allow": "Allow"}),
             429: _headers({"Retry-After": "RetryAfterRequired"}),
             502: _headers({"Retry-After": "RetryAfter"}),
+            503: _headers({"Retry-After": "RetryAfter"}),
         }.get(status, _headers())
         responses[name] = {"description": _STATUS_TEXT[status], "headers": headers,
-                           "content": _json(_error_schema(status))}
+                           "content": _json({"$ref": f"#/components/schemas/{name}"})}
+    ok_code = {"type": "integer", "const": 200, "description": "The HTTP status."}
+    no_error = {"type": "string", "const": "", "description": "Empty on success."}
     return {
         "schemas": {
-            "Envelope": {
-                "type": "object",
-                "description": "Every JSON answer: `code` repeats the HTTP status, `data` is the token (or "
-                               "null on an error), `error` the message (empty on success).",
-                "required": ["code", "data", "error"],
-                "properties": {
-                    "code": {"type": "integer", "minimum": 100, "maximum": 599},
-                    "data": {"type": ["string", "null"]},
-                    "error": {"type": "string"},
-                },
-                "additionalProperties": False,
-            },
-            "Data": {
-                "description": "A successful envelope.",
-                "allOf": [
-                    {"$ref": "#/components/schemas/Envelope"},
-                    {"properties": {"code": {"const": 200}, "data": {"type": "string"}, "error": {"const": ""}}},
-                ],
-            },
-            "Token": {
-                "description": "A successful envelope whose `data` is the token (or ticket).",
-                "allOf": [
-                    {"$ref": "#/components/schemas/Data"},
-                    {"properties": {"data": {"minLength": 1}}},
-                ],
-            },
+            "Token": _envelope_schema(
+                "A token (or ticket) answer: `data` is the token.",
+                code=ok_code,
+                data={"type": "string", "minLength": 1, "description": "The token or ticket."},
+                error=no_error,
+                extra={"expires_in": {"type": "integer", "minimum": 0, "description": EXPIRES_IN_TEXT}},
+            ),
+            "Ok": _envelope_schema(
+                "A successful answer of `/healthz` (`ok`) or `/readyz` (`ready`).",
+                code=ok_code, data={"type": "string", "minLength": 1}, error=no_error,
+            ),
+            **{name: _error_schema(status) for status, name in _NAMES.items()},
             "StaleToken": {
                 "type": "object",
                 "description": "The token a platform API rejected (WeChat 40001/40014/42001 and the like). "
@@ -406,7 +462,9 @@ def _components() -> Json:
             "RetryAfterRequired": _header("Seconds to wait before asking again.",
                                           {"type": "integer", "minimum": 1}, required=True),
             "WWWAuthenticate": _header("`Bearer realm=\"pighand-token\"`.", {"type": "string"}, required=True),
-            "Allow": _header("The methods the path allows.", {"type": "string"}),
+            "Allow": _header("The methods the path allows.", {"type": "string"}, required=True),
+            "CacheControl": _header("`private, max-age=<expires_in>`: how long a cache may keep the answer.",
+                                    {"type": "string"}),
         },
         "securitySchemes": {
             "bearerAuth": {"type": "http", "scheme": "bearer",
