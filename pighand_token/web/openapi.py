@@ -428,6 +428,7 @@ def _components() -> Json:
                 data={"type": "string", "minLength": 1, "description": "The token or ticket."},
                 error=no_error,
                 extra={"expires_in": {"type": "integer", "minimum": 0, "description": EXPIRES_IN_TEXT}},
+                required_extra=("expires_in",),
             ),
             "Ok": _envelope_schema(
                 "A successful answer of `/healthz` (`ok`) or `/readyz` (`ready`).",
