@@ -67,6 +67,23 @@ def _ensure(name: str, host: str, port: int, command: list[str]) -> None:
     pytest.fail(f"{name} is not running on {host}:{port} and could not be started")
 
 
+def require_binary(name: str, debian_package: str) -> str:
+    """The path of the program ``name``: installed from the Debian package
+    ``debian_package`` when it is missing and the tests run as root, else the
+    test fails saying how to install it (never a skip)."""
+    found = shutil.which(name)
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "--no-install-recommends", debian_package]
+        if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
+            subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600)
+            subprocess.run(install, env=env, capture_output=True, timeout=900)
+        found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is needed and is not installed: apt-get install -y {debian_package} (as root)")
+    return found
+
+
 @pytest.fixture(scope="session")
 def mariadb_server() -> dict[str, Any]:
     _ensure("MariaDB", MYSQL["host"], MYSQL["port"],
