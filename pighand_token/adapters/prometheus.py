@@ -37,6 +37,15 @@ SCHEDULER_TICKS = Counter("pighand_scheduler_ticks_total", "Scheduler ticks: ran
 SCHEDULER_FAILURES = Counter("pighand_scheduler_refresh_failures_total", "Scheduled refreshes that failed.",
                              registry=REGISTRY)
 
+# Alerts take increase() of these, and a series that first appears at 1 has
+# increased by nothing: every outcome is there at 0 from start (in
+# multiprocess mode too, since labels() writes the 0 to this process's
+# file). Platform calls are not, their errcodes are the platforms' to choose;
+# deploy/prometheus/alerts.yml catches a new errcode's first failure instead.
+TICK_OUTCOMES = ("ran", "skipped", "error")
+for _outcome in TICK_OUTCOMES:
+    SCHEDULER_TICKS.labels(_outcome)
+
 
 # labels() checks and joins its values on every call; each request counts
 # twice, so the children are kept (the label sets are few: routes, methods,

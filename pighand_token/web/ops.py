@@ -66,4 +66,6 @@ def metrics() -> Response:
             return []  # a store is down: the request and call counters still answer
 
     body, content_type = prometheus.exposition(token_rows)
-    return Response(body, mimetype=content_type.split(";")[0], headers={"Content-Type": content_type})
+    # As prometheus-client names it, version= included: a mimetype would
+    # make Werkzeug write its own header without the format's version.
+    return Response(body, content_type=content_type)
