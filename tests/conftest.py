@@ -67,6 +67,17 @@ def _ensure(name: str, host: str, port: int, command: list[str]) -> None:
     pytest.fail(f"{name} is not running on {host}:{port} and could not be started")
 
 
+def stop_process(proc: subprocess.Popen[Any] | None, timeout_s: float = 10) -> None:
+    """SIGTERM, then SIGKILL after ``timeout_s``: a test's server never outlives it."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 def require_binary(name: str, debian_package: str) -> str:
     """The path of the program ``name``: installed from the Debian package
     ``debian_package`` when it is missing and the tests run as root, else the
@@ -554,13 +565,7 @@ class Server:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, 15)
 
     def __enter__(self) -> Server:
         try:

@@ -15,7 +15,7 @@ import yaml
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, Gunicorn, Server, clean_env, free_port, require_binary, run_cli
+from tests.conftest import ROOT, Gunicorn, Server, clean_env, free_port, require_binary, run_cli, stop_process
 from tests.e2e.test_workers import seed, storage
 from tests.fakes.wechat import FakeWeChat
 
@@ -135,13 +135,7 @@ class Prometheus:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
 
 
 def test_prometheus_alerts_on_the_first_45009_of_a_served_instance(

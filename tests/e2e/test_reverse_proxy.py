@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from pighand_token.config import Settings
-from tests.conftest import ROOT, Server, _port_open, free_port, require_binary
+from tests.conftest import ROOT, Server, _port_open, free_port, require_binary, stop_process
 from tests.e2e.test_access_log import access_lines
 from tests.e2e.test_workers import seed, storage
 from tests.fakes.wechat import FakeWeChat
@@ -79,13 +79,7 @@ http {{
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
 
 
 @pytest.fixture
