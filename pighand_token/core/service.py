@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from .domain import Cooldown, Credential, Token, TokenKey, valid_appid
 from .errors import (
@@ -52,6 +53,7 @@ from .ports import (
     TokenStore,
 )
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # Which tier answered the current request's lookup (for the request log).
@@ -163,6 +165,10 @@ class TokenService:
         self._shared: list[TokenStore] = [s for s in self._read_order if s.shared]
         self.locks = locks
         self.providers = dict(providers)
+        # Credential platform -> the platforms whose tokens its rows serve.
+        self._served_by: dict[str, list[str]] = {}
+        for name, provider in sorted(self.providers.items()):
+            self._served_by.setdefault(provider.credential_platform or name, []).append(name)
         self.cooldowns = cooldowns
         self.counters = counters
         self.metrics: Metrics = metrics or NoMetrics()
@@ -350,9 +356,10 @@ class TokenService:
         one row that cannot be must not stop the others."""
         keys: list[TokenKey] = []
         for platform, appid in self.credentials.keys():
-            provider = self.providers.get(platform)
-            if provider is not None:
-                keys.extend(TokenKey(platform, token_appid) for token_appid in provider.token_appids(appid))
+            # A third-party app's credential serves its own token and its
+            # accounts' tokens (other platforms naming it as theirs).
+            for served in self._served_by.get(platform, ()):
+                keys.extend(TokenKey(served, token_appid) for token_appid in self.providers[served].token_appids(appid))
         return keys
 
     def status(self) -> list[TokenStatus]:
@@ -381,6 +388,19 @@ class TokenService:
                 retry_in_s=max(0.0, cooldown.until - now) if cooldown and cooldown.active(now) else None,
             ))
         return rows
+
+    def install(self, platform: str, appid: str, token: Token) -> None:
+        """Store a token the platform handed over with something else (an
+        authorization exchanged for an account's grant) in every tier, as a
+        fetch would: served as it is, no extra call."""
+        key = TokenKey(platform, appid)
+        self.clear_cooldown(key)
+        self._write(key, token)
+
+    def platform_call(self, key: TokenKey, call: Callable[[], T]) -> T:
+        """A platform call made for ``key`` outside a fetch (an authorization
+        code exchanged): retried, counted and logged like a fetch."""
+        return self._retrying(call, key)
 
     def forget(self, platform: str, appid: str) -> None:
         """Drop a token and its cooldown everywhere (credential removed or
@@ -557,9 +577,13 @@ class TokenService:
     def _credential(self, key: TokenKey) -> Credential:
         """The credential that serves ``key`` (as the token's appid), or UnknownApp."""
         provider = self.providers[key.platform]
-        credential = self.credentials.get(key.platform, provider.credential_appid(key.appid))
+        credential = self.credentials.get(provider.credential_platform or key.platform,
+                                          provider.credential_appid(key.appid))
         if credential is None:
             raise UnknownApp(key.platform, provider.credential_appid(key.appid))
+        problem = provider.account_error(key.appid)
+        if problem:
+            raise NotFound(problem)
         return credential if credential.appid == key.appid else replace(credential, appid=key.appid)
 
     def _fetch_and_store(self, key: TokenKey, *, replacing: str | None = None,
@@ -653,7 +677,7 @@ class TokenService:
         error.headers["Retry-After"] = str(wait_s)
         return error
 
-    def _retrying(self, call: Callable[[], Token], key: TokenKey, attempts: int | None = None) -> Token:
+    def _retrying(self, call: Callable[[], T], key: TokenKey, attempts: int | None = None) -> T:
         """Call the platform, retrying transient failures (5xx, timeouts,
         WeChat -1) with exponential backoff and jitter inside the budget, up
         to ``attempts`` calls (default: the policy's); configuration errors

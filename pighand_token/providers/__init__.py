@@ -10,6 +10,7 @@ from .base import HttpProvider, ProviderContext
 from .dingtalk import DingTalkProvider
 from .feishu import FeishuProvider
 from .wechat import WeChatProvider
+from .wechat_open import WeChatAuthorizerProvider, WeChatComponentProvider
 from .wecom import WeComProvider
 
 REGISTRY: dict[str, Callable[[ProviderContext], HttpProvider]] = {
@@ -21,6 +22,8 @@ REGISTRY: dict[str, Callable[[ProviderContext], HttpProvider]] = {
     "wecom": WeComProvider.build,
     "dingtalk": DingTalkProvider.build,
     "alipay": AlipayProvider.build,
+    "wechat_component": WeChatComponentProvider.build,
+    "wechat_authorizer": WeChatAuthorizerProvider.build,
 }
 
 __all__ = ["REGISTRY", "HttpProvider", "ProviderContext"]

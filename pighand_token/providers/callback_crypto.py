@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as _defused_fromstring
 
-from ..core.errors import BadRequest, Forbidden, SettingsError
+from ..core.errors import BadRequest, PighandError, SettingsError
 
 BLOCK = 32  # the scheme's PKCS#7 block, twice AES's
 _RANDOM_LEN = 16
@@ -59,8 +59,12 @@ _NONCE_ALPHABET = string.ascii_letters + string.digits
 _KEY_CHARS = re.compile(r"[A-Za-z0-9+/]{43}")
 
 
-class CallbackRejected(Forbidden):
-    """The callback is not authentic, or does not decrypt with this app's key."""
+class CallbackRejected(PighandError):
+    """The callback is not authentic, or does not decrypt with this app's key:
+    401 (the platform signs, it sends no credential we could ask for, so no
+    ``WWW-Authenticate``)."""
+
+    status = 401
 
 
 class MalformedCallback(BadRequest):

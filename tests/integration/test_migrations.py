@@ -103,7 +103,7 @@ def test_an_empty_database_is_upgraded_to_head_and_db_current_and_history_say_so
     assert migrations.current(store.db) == migrations.head()
     assert f": {migrations.head()} (head)" in store.cli("db", "current")
     history = store.cli("db", "history").splitlines()
-    assert [line.split()[0] for line in history] == ["0001", "0002", "0003"]
+    assert [line.split()[0] for line in history] == ["0001", "0002", "0003", "0004"]
     assert history[-1].endswith("(head)") and "adopt the schema" in history[0]
     shape = store.schema()
     assert set(shape) == TABLES
