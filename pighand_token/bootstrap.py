@@ -130,7 +130,8 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
     sql = SqlTokenStore(db, cipher)
     policy = Policy(margin_s=settings.corn_interval, upstream_timeout_s=settings.upstream_timeout,
                     cooldown_base_s=settings.failure_cooldown,
-                    refresh_limit_per_minute=settings.refresh_limit_per_minute)
+                    refresh_limit_per_minute=settings.refresh_limit_per_minute,
+                    refresh_rate_limit=settings.refresh_rate_limit)
     # The worker's memory is the first tier read, so a cached GET does no
     # I/O; `changes` drops from it what other workers replace (Redis
     # announcements, else SQL polling). local_cache_ttl 0: no memory tier.

@@ -21,6 +21,7 @@ import random
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -79,6 +80,9 @@ class Policy:
     """First pause after a failed call; doubles per failure up to 5 minutes."""
     refresh_limit_per_minute: int = 10
     """Refreshes that reach the platform, per caller and app."""
+    refresh_rate_limit: int = 20
+    """Scheduled refreshes started per second at most (one tick runs at a
+    time across the deployment, so this is the deployment's rate)."""
 
     @property
     def upstream_budget_s(self) -> float:
@@ -113,6 +117,9 @@ class RefreshReport:
     refreshed: list[TokenKey] = field(default_factory=list)
     fresh: list[TokenKey] = field(default_factory=list)
     failed: dict[TokenKey, PighandError] = field(default_factory=dict)
+    # Due, but not reached before the tick's window closed: the latest to
+    # enter their margin, left to the next tick.
+    deferred: list[TokenKey] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,33 @@ class TokenStatus:
 # The caller IP a platform names in an IP-whitelist error (WeChat 40164,
 # WeCom 60020), for the operator to add to the whitelist.
 _REPORTED_IP = re.compile(r"\bip[:\s]+((?:\d{1,3}\.){3}\d{1,3}|[0-9a-fA-F]*:[0-9a-fA-F:.]+)", re.I)
+
+
+class _Pace:
+    """When each of ``count`` due refreshes may start: at most ``rate`` in
+    any second (and no two closer than ``1 / rate``), spread evenly over
+    ``spread_s`` from ``start`` when given, and never after ``not_after``
+    (when the token enters its margin) if the rate allows."""
+
+    def __init__(self, rate: int, *, start: float, count: int, spread_s: float) -> None:
+        self.rate = max(1, rate)
+        self.start = start
+        self.closes_at = start + spread_s
+        self._step = spread_s / count if spread_s and count else 0.0
+        self._recent: deque[float] = deque(maxlen=self.rate)  # the latest starts
+
+    def turn(self, index: int, *, not_after: float) -> float:
+        turn = min(self.start + index * self._step, not_after)
+        if self._recent:
+            turn = max(turn, self._recent[-1] + 1.0 / self.rate)
+            if len(self._recent) == self.rate:
+                # The start ``rate`` refreshes ago, plus a second: so any
+                # 1 s window holds ``rate`` starts at most, rounding aside.
+                turn = max(turn, self._recent[0] + 1.0)
+        return turn
+
+    def started(self, at: float) -> None:
+        self._recent.append(at)
 
 
 @dataclass
@@ -308,18 +342,43 @@ class TokenService:
         # very token the caller reported stale.
         return self._locked(key, work, on_timeout=lambda: self._waited_too_long(key, not_this=stale_token))
 
-    def refresh_due(self) -> RefreshReport:
+    def refresh_due(self, *, spread_s: float = 0.0) -> RefreshReport:
         """Refresh every credential whose token is missing or would enter its
-        margin before the next tick (one ``margin_s`` from now)."""
+        margin before the next tick (one ``margin_s`` from now).
+
+        Soonest first: missing tokens and tokens already inside their margin,
+        then by the time each enters its margin. At most
+        ``refresh_rate_limit`` refreshes start in any second. With
+        ``spread_s`` (the scheduler's tick) the due set is spread evenly
+        over that many seconds, but no token's turn comes after it enters
+        its margin; what has not started when ``spread_s`` is up is left,
+        as ``deferred``, to the next tick. Without it, one after another at
+        the rate limit."""
         report = RefreshReport()
         # One interval and a fifth: ticks drift, and a token due just after
         # the next tick would otherwise be refreshed by a request instead.
         horizon = self.policy.margin_s * 1.2
+        due: list[tuple[float, TokenKey]] = []
         for key in self._scheduled():
             current = self._read_shared(key)
             if current is not None and not current.due(self.clock(), self.policy.margin_s, horizon):
                 report.fresh.append(key)
                 continue
+            # Missing or inside its margin (not servable): at once.
+            due.append((-math.inf if current is None else current.serve_until(self.policy.margin_s), key))
+        due.sort(key=lambda item: item[0])
+        pace = _Pace(self.policy.refresh_rate_limit, start=self.clock(), count=len(due), spread_s=spread_s)
+        for index, (serve_until, key) in enumerate(due):
+            turn = pace.turn(index, not_after=serve_until)
+            if spread_s and turn > pace.closes_at:
+                report.deferred.extend(k for _, k in due[index:])
+                log.warning("%d due token(s) left to the next tick: refresh_rate_limit is %d/s",
+                            len(due) - index, self.policy.refresh_rate_limit)
+                break
+            wait_s = turn - self.clock()
+            if wait_s > 0:
+                self._sleep(wait_s)
+            pace.started(max(self.clock(), turn))
 
             def work(key: TokenKey = key) -> Token:
                 current = self._read_shared(key)
