@@ -77,8 +77,12 @@ def test_ten_thousand_due_tokens_never_exceed_the_rate_in_any_second() -> None:
     times = [t for t, _ in provider.calls]
     assert len(times) == ACCOUNTS
     assert busiest_second(times) <= RATE
-    # ... and at the rate, not slower: 10,000 at 20/s take 500 s.
-    assert times[-1] - started <= ACCOUNTS / RATE + 1
+    # ... and at the rate (with its slack of 1/20 s a second), not slower:
+    # 10,000 at 19/s take 525 s.
+    assert times[-1] - started <= ACCOUNTS / RATE * 1.05 + 1
+    # Calls that reach the platform up to 1/20 s later than they started
+    # still make 20 a second at most.
+    assert busiest_second([t + (0.05 if i % 20 == 0 else 0.0) for i, t in enumerate(times)]) <= RATE
 
 
 def test_a_tick_spreads_its_due_set_and_leaves_what_the_rate_cannot_reach_to_the_next() -> None:
@@ -93,13 +97,14 @@ def test_a_tick_spreads_its_due_set_and_leaves_what_the_rate_cannot_reach_to_the
     times = [t for t, _ in provider.calls]
     assert busiest_second(times) <= RATE
     assert times[-1] <= now + 240
-    # 240 s at 20/s: 4,800 refreshed; the rest, which expire last, wait.
-    assert len(report.refreshed) == 240 * RATE
-    assert report.deferred == [TokenKey("wechat", appid(i)) for i in range(240 * RATE, ACCOUNTS)]
-    assert [a for _, a in provider.calls] == [appid(i) for i in range(240 * RATE)]
+    # 240 s at 19-20/s: about 4,600 refreshed; the rest, which expire last, wait.
+    reached = len(report.refreshed)
+    assert 240 * RATE * 0.95 <= reached <= 240 * RATE
+    assert report.deferred == [TokenKey("wechat", appid(i)) for i in range(reached, ACCOUNTS)]
+    assert [a for _, a in provider.calls] == [appid(i) for i in range(reached)]
     # The next ticks (one interval apart) take the rest, each token before it
     # expires, though by then inside its margin (a burst this big needs
-    # 500 s of refreshing at 20/s).
+    # over 500 s of refreshing at 20/s).
     for tick in (1, 2):
         clock.now = now + 300 * tick
         report = service.refresh_due(spread_s=240)
