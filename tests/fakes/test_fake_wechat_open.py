@@ -410,6 +410,16 @@ def test_authorizer_token_refresh_keeps_refresh_token_by_default(wx: Client, fak
     assert fake.count(AUTHORIZER_TOKEN_PATH, authorizer_appid=AUTHORIZER_APPID, errcode=0) == 1
 
 
+def test_a_seeded_authorization_answers_like_one_pushed_and_exchanged(wx: Client, fake: FakeWeChatOpen) -> None:
+    token = wx.fresh_component_token()
+    pushes = len(fake.pushes)
+    refresh = fake.add_authorization(APPID, "wxseeded0001")
+    assert fake.refresh_token(APPID, "wxseeded0001") == refresh and len(fake.pushes) == pushes
+    got = wx.authorizer_token(token, refresh, authorizer="wxseeded0001")
+    assert got["authorizer_refresh_token"] == refresh and fake.is_valid(got["authorizer_access_token"])
+    assert wx.authorizer_token(token, refresh, authorizer="wxseeded0002")["errcode"] == 61023
+
+
 def test_refresh_token_rotation_refuses_the_old_one(wx: Client, fake: FakeWeChatOpen) -> None:
     fake.rotate_refresh_tokens = True
     token = wx.fresh_component_token()

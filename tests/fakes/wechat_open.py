@@ -274,6 +274,16 @@ class FakeWeChatOpen(FakePlatform):
             self.components[appid] = component
         return component
 
+    def add_authorization(self, component_appid: str, authorizer_appid: str,
+                          func_info: list[int] | None = None) -> str:
+        """An account that authorized the component earlier, without a push or a code
+        (for seeding many accounts at once); returns its refresh token."""
+        with self.lock:
+            auth = Authorization(component_appid, authorizer_appid, list(func_info or DEFAULT_FUNC_INFO),
+                                 refresh_token="refreshtoken@@@" + secrets.token_urlsafe(32))
+            self._authorizations[(component_appid, authorizer_appid)] = auth
+            return str(auth.refresh_token)
+
     def set_callback_url(self, appid: str, url: str | None) -> None:
         with self.lock:
             self.components[appid].callback_url = url
