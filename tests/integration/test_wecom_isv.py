@@ -276,7 +276,10 @@ def test_unknown_suite_is_404(running: Running) -> None:
     fake.set_callback_url(OTHER_ID, running.url(f"/callback/wecom_suite/{OTHER_ID}"))
     delivery = fake.push_ticket(OTHER_ID)
     assert delivery.status == 404, delivery.answer
+    assert OTHER_ID in json.loads(delivery.answer)["error"]
     assert fake.verify_url(OTHER_ID).status == 404
+    # The suite that was added answers the same pushes.
+    assert fake.verify_url(SUITE_ID).ok and fake.push_ticket(SUITE_ID).ok
 
 
 def test_oversized_bomb_and_malformed_bodies_are_refused_and_store_nothing(running: Running) -> None:
