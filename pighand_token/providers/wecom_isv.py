@@ -66,8 +66,9 @@ RETRYABLE = {-1}
 PAUSES = {45009: 60.0}
 # The suite token WeCom no longer takes (invalid, expired): replace it once.
 SUITE_TOKEN_REJECTED = frozenset({40082, 42009})
-# The corp's authorization is gone (40084 invalid permanent code; 48004 the
-# authorization relation is void): only a new install helps, retrying cannot.
+# The corp's authorization is gone (40084 invalid permanent code; 48004 API
+# forbidden, which get_corp_token answers for a corp whose install is void):
+# only a new install helps, retrying cannot.
 REAUTHORIZE = frozenset({40084, 48004})
 HINTS = {
     -1: "system busy",
@@ -81,7 +82,7 @@ HINTS = {
     40091: "the provider secret is wrong",
     42009: "the suite_access_token has expired",
     45009: "API call frequency limit reached",
-    48004: "the corp's authorization of the suite is no longer valid",
+    48004: "API forbidden (for get_corp_token: the corp's install of the suite is no longer valid)",
 }
 
 _CORPID = re.compile(r"[A-Za-z0-9_.-]{1,64}")

@@ -123,6 +123,7 @@ def test_url_verification_answers_the_decrypted_echostr_as_text(running: Running
     assert check.ok, (check.status, check.answer)
     assert check.answer == check.echostr and check.status == 200
     assert running.fake.verify_url(SUITE_ID, receive_id=SUITE_ID).ok
+    assert running.fake.verify_url(SUITE_ID, receive_id="").ok  # suites of individual developers
 
     forged = running.fake.verify_url(SUITE_ID, bad_signature=True)
     assert forged.status == 401 and check.echostr not in forged.answer
@@ -245,16 +246,17 @@ def test_suite_token_refused_by_wecom_is_replaced_once(running: Running) -> None
     assert new != suite_token and fake.is_valid(new)
 
 
-def test_a_void_permanent_code_says_the_corp_must_install_again(running: Running) -> None:
+@pytest.mark.parametrize("errcode", [40084, 48004])
+def test_a_void_permanent_code_says_the_corp_must_install_again(running: Running, errcode: int) -> None:
     fake = running.fake
     running.install()
     current = envelope(running.get(f"/token/wecom_corp/{CORP_APPID}"))["data"]
-    fake.fail_with_errcode_next(1, 40084, "invalid permanent_code", path=CORP_TOKEN_PATH)
+    fake.fail_with_errcode_next(1, errcode, "refused", path=CORP_TOKEN_PATH)
     answer = requests.put(running.url(f"/token/wecom_corp/{CORP_APPID}"), json={"stale_token": current},
                           timeout=15)
     assert answer.status_code == 502, answer.text
     error = envelope(answer)["error"]
-    assert "must install suite" in error and "40084" in error
+    assert "must install suite" in error and str(errcode) in error
     assert fake.count(CORP_TOKEN_PATH) == 1  # not retried
     assert not [s for s in running.secrets() if s in answer.text]
 
@@ -359,6 +361,11 @@ def test_cli_adds_a_suite_and_lists_its_corps_without_tokens_or_codes(fake: Fake
         assert listing.returncode == 0, listing.stderr
         assert CORPID in listing.stdout and "valid" in listing.stdout and "1 corp(s)" in listing.stdout
         assert not [s for s in running.secrets() if s in listing.stdout + listing.stderr]
+        page = run_cli("wecom", "authorize-url", SUITE_ID, "--redirect-uri", "https://isv.example.com/done",
+                       "--state", "st", env=env)
+        assert page.returncode == 0, page.stderr
+        assert page.stdout.startswith(f"https://open.work.weixin.qq.com/3rdapp/install?suite_id={SUITE_ID}&")
+        assert "state=st" in page.stdout and fake.count(PRE_AUTH_CODE_PATH) == 1
         running.assert_no_secret_in_log()
 
 
