@@ -199,6 +199,9 @@ class WeComSuiteProvider(_WeComService):
     # -- the instruction callback -------------------------------------------------
     def open_callback(self, credential: Credential, method: str, query: Mapping[str, str],
                       body: bytes) -> CallbackMessage:
+        if method not in ("GET", "POST"):
+            raise MethodRefused("WeCom posts its instructions; this URL takes GET (URL check) and POST",
+                                ("GET", "POST"))
         secrets = AppSecrets.parse(credential.secret, self.platform)
         crypto = secrets.crypto(credential.appid)
         signed = SignedQuery.from_wechat(query)
@@ -218,9 +221,6 @@ class WeComSuiteProvider(_WeComService):
                 return UrlCheck(plain.decode("utf-8"))
             except UnicodeDecodeError:
                 raise MalformedCallback("the decrypted echostr is not text") from None
-        if method != "POST":
-            raise MethodRefused("WeCom posts its instructions; this URL takes GET (URL check) and POST",
-                                ("GET", "POST"))
         # Instructions are encrypted for the suite id: another suite's are refused.
         message = open_xml_callback(crypto, signed, body)
         suite_id = message.get("SuiteId")
