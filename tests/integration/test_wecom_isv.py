@@ -268,6 +268,7 @@ def test_forged_tampered_and_misrouted_pushes_are_401_and_store_nothing(running:
                      fake.push_ticket(SUITE_ID, as_suite=OTHER_ID), fake.push_ticket(SUITE_ID, receive_id="wwother")):
         assert delivery.status == 401, (delivery.variant, delivery.status, delivery.answer)
         assert json.loads(delivery.answer)["code"] == 401
+        assert not [s for s in running.secrets() if s in delivery.answer]
     assert running.container().callbacks.tickets.latest("wecom_suite", SUITE_ID) is None
     assert running.get(f"/token/wecom_suite/{SUITE_ID}").status_code == 503
     running.assert_no_secret_in_log()
