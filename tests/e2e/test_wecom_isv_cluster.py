@@ -165,3 +165,26 @@ def test_redis_flushall_loses_no_ticket_and_no_permanent_code(
     assert fake.count(PERMANENT_CODE_PATH) == 1
     assert fake.count(SUITE_TOKEN_PATH) == 2
     assert fake.count(CORP_TOKEN_PATH) == 1
+
+
+def test_the_scheduler_refreshes_corp_tokens_once_per_tick(
+        fake: FakeWeComSuite, tmp_path: Path, private_redis: dict[str, Any]) -> None:  # noqa: F811
+    # 8 s tokens and 2 s ticks: a token is due from 4 s before it dies.
+    fake.token_life_s = 8
+    settings = {"sqlite_path": str(tmp_path / "pighand.sqlite3"), "redis_host": "127.0.0.1",
+                "redis_port": private_redis["port"]}
+    seed(settings, ("wecom_suite", SUITE_ID, suite_secret()))
+    with Server(tmp_path, workers=2, wecom_api_base=fake.base_url, is_enable_schedule=True, corn_interval=2,
+                **settings) as server:
+        fake.set_callback_url(SUITE_ID, f"{server.base_url}/callback/wecom_suite/{SUITE_ID}")
+        Deployment(fake, settings, [server]).install()
+        installed = fake.current_token(CORP, CORP_OWNER)
+        time.sleep(9)  # no requests: every get_corp_token call is the scheduler's
+        times = [c["time"] for c in fake.find(CORP_TOKEN_PATH)]
+        assert times, server.log()
+        # One worker per tick (two acting alone would call twice per tick).
+        assert all(b - a > 1.5 for a, b in zip(times, times[1:], strict=False)), (times, server.log())
+        answer = requests.get(server.base_url + PATH, timeout=10)
+        assert answer.status_code == 200, server.log()
+        token = envelope(answer)["data"]
+        assert fake.is_valid(token) and token != installed  # the installed one died at 8 s
