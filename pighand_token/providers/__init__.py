@@ -12,6 +12,7 @@ from .feishu import FeishuProvider
 from .wechat import WeChatProvider
 from .wechat_open import WeChatAuthorizerProvider, WeChatComponentProvider
 from .wecom import WeComProvider
+from .wecom_isv import WeComCorpProvider, WeComProviderTokenProvider, WeComSuiteProvider
 
 REGISTRY: dict[str, Callable[[ProviderContext], HttpProvider]] = {
     "feishu": FeishuProvider.build,
@@ -24,6 +25,9 @@ REGISTRY: dict[str, Callable[[ProviderContext], HttpProvider]] = {
     "alipay": AlipayProvider.build,
     "wechat_component": WeChatComponentProvider.build,
     "wechat_authorizer": WeChatAuthorizerProvider.build,
+    "wecom_suite": WeComSuiteProvider.build,
+    "wecom_corp": WeComCorpProvider.build,
+    "wecom_provider": WeComProviderTokenProvider.build,
 }
 
 __all__ = ["REGISTRY", "HttpProvider", "ProviderContext"]
