@@ -147,12 +147,12 @@ class WeChatComponentProvider(_WeChatThirdParty):
             account, code = message.get("AuthorizerAppid", ""), message.get("AuthorizationCode", "")
             if not account or not code:
                 raise BadRequest(f"{info_type} message without AuthorizerAppid or AuthorizationCode")
-            return AccountAuthorized(info_type, account, code)
+            return AccountAuthorized(info_type, account, code, _number(message.get("CreateTime")))
         if info_type == "unauthorized":
             account = message.get("AuthorizerAppid", "")
             if not account:
                 raise BadRequest("unauthorized message without AuthorizerAppid")
-            return AccountRemoved(info_type, account)
+            return AccountRemoved(info_type, account, _number(message.get("CreateTime")))
         return Ignored(info_type or "(no InfoType)")
 
     def reply(self, credential: Credential, text: str) -> CallbackReply:

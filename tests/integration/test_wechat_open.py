@@ -600,7 +600,7 @@ def test_cli_adds_a_component_lists_authorizers_and_prints_the_authorization_url
         assert hub.put(AUTHORIZER_URL, json={"stale_token": token}).status_code == 502
         failing = run_cli("wechat", "authorizers", APPID, env=env)
         line = failing.stdout.splitlines()[1]
-        assert line.startswith(ACCOUNT) and "61023" in line and "authorize" in line, failing.stdout
+        assert line.startswith(ACCOUNT) and "must authorize the component again" in line, failing.stdout
         url = run_cli("wechat", "authorize-url", APPID, "--redirect-uri", "https://isv.example/back", env=env)
         assert url.returncode == 0, url.stderr
         assert url.stdout.startswith("https://mp.weixin.qq.com/cgi-bin/componentloginpage?")
@@ -612,3 +612,46 @@ def test_cli_adds_a_component_lists_authorizers_and_prints_the_authorization_url
         assert_no_secret(everything + hub.log(), hub.fake)
     finally:
         hub.stop()
+
+
+# -- late redeliveries -------------------------------------------------------------
+def test_an_unauthorized_delivered_again_after_the_account_authorized_anew_forgets_nothing(hub: Hub) -> None:
+    """WeChat delivers a push again when it missed the answer; by then the
+    account may have authorized again. The message's CreateTime orders them."""
+    ticketed(hub)
+    authorized(hub)
+    hub.fake.advance(30)
+    removal = hub.fake.unauthorize(APPID, ACCOUNT)
+    acknowledged(removal)
+    hub.fake.advance(30)
+    authorized(hub)
+    acknowledged(hub.fake.redeliver(removal))
+    grant = hub.grant()
+    assert grant is not None and grant.secret == hub.fake.refresh_token(APPID, ACCOUNT)
+    token = token_of(hub.get(AUTHORIZER_URL))
+    assert hub.fake.is_valid(token, AUTHORIZER)
+    assert "arrived after a later" in hub.log()
+
+
+def test_an_authorization_delivered_again_after_a_later_one_is_acknowledged_and_ignored(hub: Hub) -> None:
+    ticketed(hub)
+    first = authorized(hub)
+    hub.fake.advance(30)
+    acknowledged(hub.fake.update_authorization(APPID, ACCOUNT, func_info=[1, 2]))
+    latest = hub.grant()
+    late = hub.fake.redeliver(first)
+    acknowledged(late)
+    assert hub.fake.count(QUERY_AUTH_PATH) == 2
+    assert hub.grant() == latest
+
+
+def test_an_authorization_before_any_ticket_is_not_acknowledged_until_it_is_stored(hub: Hub) -> None:
+    push = hub.fake.authorize(APPID, ACCOUNT)
+    assert push.status == 503 and not push.answered_success, (push.status, push.text)
+    assert hub.grant() is None
+    deadline = time.monotonic() + 5  # the service asked WeChat to push a ticket
+    while hub.ticket() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    acknowledged(hub.fake.redeliver(push))
+    assert hub.grant() is not None and hub.fake.count(QUERY_AUTH_PATH) == 1
+
