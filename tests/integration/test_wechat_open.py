@@ -655,3 +655,19 @@ def test_an_authorization_before_any_ticket_is_not_acknowledged_until_it_is_stor
     acknowledged(hub.fake.redeliver(push))
     assert hub.grant() is not None and hub.fake.count(QUERY_AUTH_PATH) == 1
 
+
+def test_a_chunked_body_over_64_kib_is_413(hub: Hub) -> None:
+    push = hub.fake.push_ticket(APPID)
+    body = push.body.replace(b"</xml>", b"<Pad>" + b"x" * 70000 + b"</Pad></xml>")
+    chunks = (body[i:i + 4096] for i in range(0, len(body), 4096))  # no Content-Length
+    answer = hub.post(CALLBACK, params=push.query, data=chunks, headers={"Content-Type": "text/xml"})
+    assert answer.status_code == 413, answer.text
+
+
+def test_a_chunked_push_within_the_limit_is_read_whole(hub: Hub) -> None:
+    hub.fake.set_callback_url(APPID, None)
+    push = hub.fake.push_ticket(APPID)
+    chunks = (push.body[i:i + 64] for i in range(0, len(push.body), 64))  # no Content-Length
+    answer = hub.post(CALLBACK, params=push.query, data=chunks, headers={"Content-Type": "text/xml"})
+    assert answer.status_code == 200 and answer.text == "success"
+    assert hub.ticket() == push.message["ComponentVerifyTicket"]
