@@ -148,6 +148,9 @@ class Callbacks:
     def _ticket(self, ticket: PushedTicket) -> None:
         if self.tickets.offer(ticket):
             log.info("%s/%s: stored the ticket pushed at %.0f", ticket.platform, ticket.appid, ticket.created_at)
+            # A rest after the platform refused the previous ticket is over:
+            # this one is what the app was waiting for.
+            self.service.clear_cooldown(TokenKey(ticket.platform, ticket.appid))
         else:
             log.info("%s/%s: a ticket pushed at %.0f arrived after a later one; kept the later one",
                      ticket.platform, ticket.appid, ticket.created_at)

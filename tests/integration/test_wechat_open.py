@@ -671,3 +671,33 @@ def test_a_chunked_push_within_the_limit_is_read_whole(hub: Hub) -> None:
     answer = hub.post(CALLBACK, params=push.query, data=chunks, headers={"Content-Type": "text/xml"})
     assert answer.status_code == 200 and answer.text == "success"
     assert hub.ticket() == push.message["ComponentVerifyTicket"]
+
+
+@pytest.mark.parametrize("errcode", [61005, 61006])
+def test_a_ticket_wechat_refuses_rests_the_component_and_asks_for_a_push(hub: Hub, errcode: int) -> None:
+    """The stored ticket is one WeChat no longer takes (expired on its
+    side, or pushed before a secret reset): one call, not one per request;
+    a push asked for now rather than up to 10 minutes later; the pushed
+    ticket then serves at once."""
+    ticketed(hub)
+    hub.fake.advance(5)  # the requested push is written in a later second than the stored one
+    hub.fake.fail_with_errcode_next(3, errcode, path=COMPONENT_TOKEN_PATH)
+    hub.fake.start_push_delay_s = 1.0
+    answers = [hub.get(COMPONENT_URL) for _ in range(4)]
+    first = envelope(answers[0])
+    assert answers[0].status_code == 502 and str(errcode) in first["error"]
+    assert "component_verify_ticket" in first["error"] and "asked to push one" in first["error"]
+    for answer in answers[1:]:
+        assert answer.status_code == 502 and str(errcode) in envelope(answer)["error"]
+        assert int(answer.headers["Retry-After"]) > 0
+    assert hub.fake.count(COMPONENT_TOKEN_PATH) == 1  # the one refusal, then the rest
+    assert hub.fake.count(START_PUSH_TICKET_PATH) == 1
+    deadline = time.monotonic() + 5
+    while len(hub.fake.pushes_of("component_verify_ticket")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    hub.fake.clear_faults()
+    token = token_of(hub.get(COMPONENT_URL))
+    assert hub.fake.is_valid(token, COMPONENT)
+    last = hub.fake.last(COMPONENT_TOKEN_PATH)
+    assert last is not None and last["ticket"] == hub.fake.current_ticket(APPID)
+    assert_no_secret(hub.log() + "".join(a.text for a in answers), hub.fake)
