@@ -163,6 +163,9 @@ def test_unauthorized_is_404_on_every_worker_of_both_instances_within_5_s(cluste
 
 
 def test_200_concurrent_cold_gets_for_one_authorizer_make_one_refresh(cluster: Cluster) -> None:
+    # Each refresh hands back a new refresh token and kills the old one: a
+    # second call with the old one would be refused (61023).
+    cluster.fake.rotate_refresh_tokens = True
     acknowledged(cluster.fake.push_ticket(APPID))
     # The account authorized long ago: its refresh token is stored, no token is.
     push = cluster.fake.authorize(APPID, ACCOUNT, deliver=False)
@@ -188,6 +191,8 @@ def test_200_concurrent_cold_gets_for_one_authorizer_make_one_refresh(cluster: C
     assert len(served) == 1 and cluster.fake.is_valid(served.pop(), AUTHORIZER)
     assert cluster.fake.count(AUTHORIZER_TOKEN_PATH) == 1
     assert cluster.fake.count(COMPONENT_TOKEN_PATH) == 1
+    grant = cluster.container.callbacks.grants.get("wechat_authorizer", APPID, ACCOUNT)
+    assert grant is not None and grant.secret == cluster.fake.refresh_token(APPID, ACCOUNT) != refresh
 
 
 

@@ -257,11 +257,25 @@ def test_unauthorized_forgets_the_authorizer(hub: Hub) -> None:
     ticketed(hub)
     authorized(hub)
     token_of(hub.get(AUTHORIZER_URL))
+    jsapi = token_of(hub.get(f"/ticket/wechat_authorizer/{TOKEN_APPID}/jsapi"))
     acknowledged(hub.fake.unauthorize(APPID, ACCOUNT))
     assert hub.grant() is None
     answer = hub.get(AUTHORIZER_URL)
     assert answer.status_code == 404 and "authorize" in envelope(answer)["error"]
+    ticket = hub.get(f"/ticket/wechat_authorizer/{TOKEN_APPID}/jsapi")
+    assert ticket.status_code == 404 and jsapi not in ticket.text
     assert hub.fake.count(AUTHORIZER_TOKEN_PATH) == 0
+    assert ACCOUNT not in run_cli("wechat", "authorizers", APPID, env=clean_env(**hub.settings)).stdout
+
+    # Authorizing again brings it back, with a new grant and token.
+    hub.fake.advance(5)
+    authorized(hub)
+    token = token_of(hub.get(AUTHORIZER_URL))
+    assert hub.fake.is_valid(token, AUTHORIZER)
+    token_of(hub.get(f"/ticket/wechat_authorizer/{TOKEN_APPID}/jsapi"))
+    again = hub.fake.last(TICKET_PATH, type="jsapi")
+    assert hub.fake.count(TICKET_PATH, type="jsapi") == 2 and again is not None
+    assert again["query"]["access_token"] == token  # asked again with the new token, not kept from before
 
 
 def test_an_unknown_info_type_is_acknowledged_and_logged(hub: Hub) -> None:
@@ -701,3 +715,19 @@ def test_a_ticket_wechat_refuses_rests_the_component_and_asks_for_a_push(hub: Hu
     last = hub.fake.last(COMPONENT_TOKEN_PATH)
     assert last is not None and last["ticket"] == hub.fake.current_ticket(APPID)
     assert_no_secret(hub.log() + "".join(a.text for a in answers), hub.fake)
+
+
+def test_authorizer_names_that_cannot_be_served_are_400_or_404(hub: Hub) -> None:
+    ticketed(hub)
+    authorized(hub)
+    for path, status in [(f"/token/wechat_authorizer/{ACCOUNT}", 400),
+                         (f"/token/wechat_authorizer/{APPID}:{ACCOUNT}:extra", 400),
+                         (f"/token/wechat_authorizer/wxcompunknown00000:{ACCOUNT}", 404),
+                         (f"/token/wechat_authorizer/{APPID}:wxnotauthorized00", 404),
+                         ("/authorize/wechat_component/wxcompunknown00000?redirect_uri=https://isv.example/", 404),
+                         (f"/authorize/wechat_authorizer/{TOKEN_APPID}?redirect_uri=https://isv.example/", 404),
+                         (f"/callback/wechat_authorizer/{APPID}", 404)]:
+        answer = hub.get(path) if not path.startswith("/callback") else hub.post(path, data=b"<xml/>")
+        assert answer.status_code == status, (path, answer.text)
+        assert envelope(answer)["data"] is None
+    assert hub.fake.count(AUTHORIZER_TOKEN_PATH) == 0
