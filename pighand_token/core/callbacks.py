@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 from .audit import Audit
 from .domain import AccountGrant, Credential, PushedTicket, Token, TokenKey
-from .errors import NotFound, UnknownApp
+from .errors import NotFound, UnknownApp, UpstreamError
 from .ports import AccountGrants, Clock, CredentialRepository, TicketStore
 from .service import TokenService
 
@@ -201,8 +201,20 @@ class Callbacks:
         """Exchange a code an authorization page redirected with (for when
         the platform's push is late or lost); the account it authorized."""
         provider, credential = self._app(platform, appid)
-        return self._exchange(provider, credential, code, "auth_code", {**where, "platform": platform,
-                                                                         "appid": appid})
+        try:
+            return self._exchange(provider, credential, code, "auth_code", {**where, "platform": platform,
+                                                                             "appid": appid})
+        except UpstreamError:
+            # The platform pushes the same code it redirects with: when the
+            # push came first, the code is spent (WeChat 61009) and its grant
+            # is stored. Looked for only now: it means reading every grant.
+            digest = code_digest(code)
+            for grant in self.grants.list(provider.account_platform, appid):
+                if _info(grant).get("code_digest") == digest:
+                    log.info("%s/%s: the code for %s was exchanged already (its push came first)", platform,
+                             appid, grant.account)
+                    return grant.account
+            raise
 
     def _app(self, platform: str, appid: str) -> tuple[CallbackProvider, Credential]:
         provider = self.service.providers.get(platform)

@@ -528,9 +528,13 @@ def test_authorization_page_url_and_a_redirected_auth_code(hub: Hub) -> None:
     issued = hub.fake.last(QUERY_AUTH_PATH)
     assert issued is not None and token_of(hub.get(AUTHORIZER_URL)) == issued["issued"]
     assert hub.post(f"/authorize/wechat_component/{APPID}", json={}).status_code == 400
+    # The page reloaded: the same code again answers the same account.
     used_again = hub.post(f"/authorize/wechat_component/{APPID}",
                           json={"auth_code": push.message["AuthorizationCode"]})
-    assert used_again.status_code == 502 and push.message["AuthorizationCode"] not in used_again.text
+    assert used_again.status_code == 200 and envelope(used_again)["data"] == ACCOUNT
+    assert hub.grant() == grant
+    never = hub.post(f"/authorize/wechat_component/{APPID}", json={"auth_code": "queryauthcode@@@never-issued"})
+    assert never.status_code == 502 and "61009" in never.text and "never-issued" not in never.text
     assert_no_secret(hub.log() + page.text + answer.text, hub.fake)
 
 
@@ -734,3 +738,15 @@ def test_authorizer_names_that_cannot_be_served_are_400_or_404(hub: Hub) -> None
         assert answer.status_code == status, (path, answer.text)
         assert envelope(answer)["data"] is None
     assert hub.fake.count(AUTHORIZER_TOKEN_PATH) == 0
+
+
+def test_a_redirected_auth_code_the_push_already_exchanged_answers_the_account(hub: Hub) -> None:
+    """WeChat pushes ``authorized`` and redirects the account with the same
+    code; whichever reaches the service second finds it stored."""
+    ticketed(hub)
+    push = authorized(hub)
+    grant = hub.grant()
+    answer = hub.post(f"/authorize/wechat_component/{APPID}", json={"auth_code": push.message["AuthorizationCode"]})
+    assert answer.status_code == 200 and envelope(answer)["data"] == ACCOUNT, answer.text
+    # WeChat refused the spent code (61009); nothing it handed over was replaced.
+    assert hub.fake.count(QUERY_AUTH_PATH, errcode=0) == 1 and hub.grant() == grant
