@@ -750,3 +750,31 @@ def test_a_redirected_auth_code_the_push_already_exchanged_answers_the_account(h
     assert answer.status_code == 200 and envelope(answer)["data"] == ACCOUNT, answer.text
     # WeChat refused the spent code (61009); nothing it handed over was replaced.
     assert hub.fake.count(QUERY_AUTH_PATH, errcode=0) == 1 and hub.grant() == grant
+
+
+def test_removing_the_component_stops_serving_its_authorizers(hub: Hub) -> None:
+    ticketed(hub)
+    authorized(hub)
+    token = token_of(hub.get(AUTHORIZER_URL))
+    token_of(hub.get(f"/ticket/wechat_authorizer/{TOKEN_APPID}/jsapi"))
+    removed = run_cli("platform", "remove", "wechat_component", APPID, env=clean_env(**hub.settings))
+    assert removed.returncode == 0, removed.stderr
+    deadline = time.monotonic() + 5
+    while True:
+        answers = [hub.get(AUTHORIZER_URL) for _ in range(4)]
+        if {a.status_code for a in answers} == {404}:
+            break
+        assert time.monotonic() - deadline < 0, [a.text for a in answers]
+        time.sleep(0.1)
+    assert all(token not in a.text for a in answers)
+    assert hub.get(f"/ticket/wechat_authorizer/{TOKEN_APPID}/jsapi").status_code == 404
+    assert hub.get(COMPONENT_URL).status_code == 404
+
+    # Added back, the component serves its authorizers again from their kept
+    # refresh tokens: no account has to authorize again.
+    added = run_cli("platform", "add", "wechat_component", APPID, "--secret", SECRET, "--callback-token", TOKEN,
+                    "--encoding-aes-key", AES_KEY, env=clean_env(**hub.settings))
+    assert added.returncode == 0, added.stderr
+    fresh = token_of(hub.get(AUTHORIZER_URL))
+    assert fresh != token and hub.fake.is_valid(fresh, AUTHORIZER)
+    assert hub.fake.count(QUERY_AUTH_PATH) == 1 and hub.fake.count(AUTHORIZER_TOKEN_PATH) == 1
