@@ -441,6 +441,11 @@ def test_a_refresh_token_the_platform_refuses_is_a_clear_502_without_a_retry_sto
     for answer in answers[1:]:
         assert answer.status_code in (502, 503), answer.text
     assert hub.fake.count(AUTHORIZER_TOKEN_PATH) == 1
+    # The account authorizes again: its new token is served at once, the rest over.
+    hub.fake.advance(5)
+    authorized(hub)
+    again = token_of(hub.get(AUTHORIZER_URL))
+    assert hub.fake.is_valid(again, AUTHORIZER) and hub.fake.count(AUTHORIZER_TOKEN_PATH) == 1
     assert_no_secret(hub.log() + "".join(a.text for a in answers), hub.fake)
 
 
@@ -560,6 +565,7 @@ def test_the_scheduler_refreshes_component_and_authorizer_tokens_near_expiry(
     fake built them."""
     settings = {"sqlite_path": str(tmp_path / "p.sqlite3"), "wechat_api_base": wxopen.base_url,
                 "is_enable_schedule": False, "auth_required": False, "corn_interval": 300}
+    wxopen.rotate_refresh_tokens = True
     app = create_app(overrides=settings, clock=wxopen.now)
     container = app.extensions["pighand"]
     container.credentials.add(Credential("wechat_component", APPID, AppSecrets(SECRET, TOKEN, AES_KEY).encode()))
@@ -585,6 +591,8 @@ def test_the_scheduler_refreshes_component_and_authorizer_tokens_near_expiry(
         assert wxopen.is_valid(token, kind) and info is not None and info.expires_at > wxopen.now() + 7000
     assert wxopen.count(COMPONENT_TOKEN_PATH) == 2 and wxopen.count(AUTHORIZER_TOKEN_PATH) == 1
     assert {(k.platform, k.appid) for k in service.refresh_due().refreshed} == set()
+    grant = container.callbacks.grants.get("wechat_authorizer", APPID, ACCOUNT)
+    assert grant is not None and grant.secret == wxopen.refresh_token(APPID, ACCOUNT)  # the rotated one
 
 
 # -- CLI ---------------------------------------------------------------------------
@@ -778,3 +786,15 @@ def test_removing_the_component_stops_serving_its_authorizers(hub: Hub) -> None:
     fresh = token_of(hub.get(AUTHORIZER_URL))
     assert fresh != token and hub.fake.is_valid(fresh, AUTHORIZER)
     assert hub.fake.count(QUERY_AUTH_PATH) == 1 and hub.fake.count(AUTHORIZER_TOKEN_PATH) == 1
+
+
+def test_the_status_page_and_metrics_name_authorizers_and_no_secret(hub: Hub) -> None:
+    ticketed(hub)
+    authorized(hub)
+    token_of(hub.get(AUTHORIZER_URL))
+    token_of(hub.get(f"/ticket/wechat_authorizer/{TOKEN_APPID}/jsapi"))
+    page = hub.get("/", headers={"Accept": "text/html"})
+    metrics = hub.get("/metrics")
+    assert page.status_code == 200 and metrics.status_code == 200
+    assert TOKEN_APPID in page.text
+    assert_no_secret(page.text + metrics.text + hub.log(), hub.fake)
