@@ -180,6 +180,11 @@ class Callbacks:
                                                   lambda: provider.exchange(credential, code))
         stored = self.grants.get(provider.account_platform, owner, grant.account)
         info = {**_info(grant), "code_digest": code_digest(code), "event": event}
+        since = _info(stored).get("created_at") if stored is not None else None
+        if created_at is None and isinstance(since, int | float):
+            # A code the platform did not date (from a redirect) is newer
+            # than the push the stored grant came from: keep that bound.
+            created_at = since
         if created_at is not None:
             info["created_at"] = created_at
         if stored is not None:

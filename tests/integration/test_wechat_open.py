@@ -662,6 +662,23 @@ def test_an_unauthorized_delivered_again_after_the_account_authorized_anew_forge
     assert "arrived after a later" in hub.log()
 
 
+def test_a_late_unauthorized_after_a_redirected_reauthorization_forgets_nothing(hub: Hub) -> None:
+    ticketed(hub)
+    authorized(hub)
+    hub.fake.advance(30)
+    removal = hub.fake.unauthorize(APPID, ACCOUNT, deliver=False)  # delivered late, below
+    hub.fake.advance(30)
+    authorized(hub)
+    hub.fake.advance(30)
+    page = hub.fake.authorize(APPID, ACCOUNT, deliver=False)  # this time the redirect brings the code
+    answer = hub.post(f"/authorize/wechat_component/{APPID}", json={"auth_code": page.message["AuthorizationCode"]})
+    assert envelope(answer)["data"] == ACCOUNT
+    acknowledged(hub.fake.redeliver(removal))
+    grant = hub.grant()
+    assert grant is not None and grant.secret == hub.fake.refresh_token(APPID, ACCOUNT)
+    assert hub.fake.is_valid(token_of(hub.get(AUTHORIZER_URL)), AUTHORIZER)
+
+
 def test_an_authorization_delivered_again_after_a_later_one_is_acknowledged_and_ignored(hub: Hub) -> None:
     ticketed(hub)
     first = authorized(hub)
