@@ -255,3 +255,17 @@ def test_flushall_and_a_restart_lose_no_ticket_and_no_refresh_token(
         assert_no_secret(cluster.log(), cluster.fake)
     finally:
         cluster.stop()
+
+
+def test_a_dead_refresh_token_is_one_call_across_the_cluster(cluster: Cluster) -> None:
+    token = authorize(cluster)
+    cluster.fake.unauthorize(APPID, ACCOUNT, deliver=False)  # the push is lost: 61023 from now on
+    urls = cluster.urls(AUTHORIZER_URL)
+    batch = [next(urls) for _ in range(60)]
+    with ThreadPoolExecutor(30) as pool:
+        answers = list(pool.map(lambda url: requests.put(url, json={"stale_token": token}, timeout=30), batch))
+    # 429: one client asking for that many refreshes a minute is held back before the platform is.
+    assert {a.status_code for a in answers} <= {502, 429} and any(a.status_code == 502 for a in answers)
+    assert all("authorize the component again" in envelope(a)["error"] for a in answers if a.status_code == 502)
+    assert cluster.fake.count(AUTHORIZER_TOKEN_PATH) == 1
+    assert_no_secret(cluster.log() + "".join(a.text for a in answers), cluster.fake)
