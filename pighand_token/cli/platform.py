@@ -111,6 +111,14 @@ def platform_remove(platform: str, appid: str) -> None:
         raise click.ClickException(f"no credential for {platform} appid {appid!r}")
     for token_appid in {appid, *served}:
         container.service.forget(platform, token_appid)
+    # Tokens this credential serves under another platform (a component's
+    # authorizers, with their tickets): cached, they would be served on.
+    for other in container.service.providers.values():
+        if credential is not None and getattr(other, "credential_platform", None) == platform:
+            for token_appid in other.token_appids(appid):
+                container.service.forget(other.platform, token_appid)
+                for ticket_type in getattr(other, "ticket_types", ()):
+                    container.service.forget(f"{other.platform}_{ticket_type}_ticket", token_appid)
     container.audit.record("credential.remove", "ok", client=operator(), platform=platform, appid=appid)
     click.echo(f"removed {platform} {appid}")
 

@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 from .audit import Audit
 from .domain import AccountGrant, Credential, PushedTicket, Token, TokenKey
-from .errors import NotFound, UnknownApp
+from .errors import NotFound, UnknownApp, UpstreamError
 from .ports import AccountGrants, Clock, CredentialRepository, TicketStore
 from .service import TokenService
 
@@ -48,6 +48,9 @@ class AccountAuthorized:
     event: str
     account: str
     code: str = ""  # empty: the platform named the account only (recorded as such)
+    # When the platform wrote the message (its clock: WeChat's CreateTime):
+    # orders a late redelivery against what came since. None: not known.
+    created_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class AccountChanged:
 class AccountRemoved:
     event: str
     account: str
+    created_at: float | None = None  # as for AccountAuthorized
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,9 @@ class Callbacks:
     def _ticket(self, ticket: PushedTicket) -> None:
         if self.tickets.offer(ticket):
             log.info("%s/%s: stored the ticket pushed at %.0f", ticket.platform, ticket.appid, ticket.created_at)
+            # A rest after the platform refused the previous ticket is over:
+            # this one is what the app was waiting for.
+            self.service.clear_cooldown(TokenKey(ticket.platform, ticket.appid))
         else:
             log.info("%s/%s: a ticket pushed at %.0f arrived after a later one; kept the later one",
                      ticket.platform, ticket.appid, ticket.created_at)
@@ -155,10 +162,16 @@ class Callbacks:
             log.info("%s/%s: %s for %s delivered again; already stored", credential.platform, credential.appid,
                      message.event, message.account)
             return
-        self._exchange(provider, credential, message.code, message.event, where)
+        if _older(message.created_at, stored):
+            # A redelivery of an authorization a later one has replaced: its
+            # code is spent (61009), and the stored grant is the newer one.
+            log.info("%s/%s: %s for %s written at %.0f arrived after a later one; kept the later one",
+                     credential.platform, credential.appid, message.event, message.account, message.created_at)
+            return
+        self._exchange(provider, credential, message.code, message.event, where, created_at=message.created_at)
 
     def _exchange(self, provider: CallbackProvider, credential: Credential, code: str, event: str,
-                  where: Mapping[str, str | None]) -> str:
+                  where: Mapping[str, str | None], *, created_at: float | None = None) -> str:
         """Trade ``code`` for the account's grant and token and store both;
         the account."""
         owner = credential.appid
@@ -167,6 +180,13 @@ class Callbacks:
                                                   lambda: provider.exchange(credential, code))
         stored = self.grants.get(provider.account_platform, owner, grant.account)
         info = {**_info(grant), "code_digest": code_digest(code), "event": event}
+        since = _info(stored).get("created_at") if stored is not None else None
+        if created_at is None and isinstance(since, int | float):
+            # A code the platform did not date (from a redirect) is newer
+            # than the push the stored grant came from: keep that bound.
+            created_at = since
+        if created_at is not None:
+            info["created_at"] = created_at
         if stored is not None:
             grant = replace(grant, authorized_at=stored.authorized_at)
         grant = replace(grant, info=json.dumps(info, ensure_ascii=False, sort_keys=True))
@@ -186,8 +206,20 @@ class Callbacks:
         """Exchange a code an authorization page redirected with (for when
         the platform's push is late or lost); the account it authorized."""
         provider, credential = self._app(platform, appid)
-        return self._exchange(provider, credential, code, "auth_code", {**where, "platform": platform,
-                                                                         "appid": appid})
+        try:
+            return self._exchange(provider, credential, code, "auth_code", {**where, "platform": platform,
+                                                                             "appid": appid})
+        except UpstreamError:
+            # The platform pushes the same code it redirects with: when the
+            # push came first, the code is spent (WeChat 61009) and its grant
+            # is stored. Looked for only now: it means reading every grant.
+            digest = code_digest(code)
+            for grant in self.grants.list(provider.account_platform, appid):
+                if _info(grant).get("code_digest") == digest:
+                    log.info("%s/%s: the code for %s was exchanged already (its push came first)", platform,
+                             appid, grant.account)
+                    return grant.account
+            raise
 
     def _app(self, platform: str, appid: str) -> tuple[CallbackProvider, Credential]:
         provider = self.service.providers.get(platform)
@@ -200,6 +232,13 @@ class Callbacks:
 
     def _removed(self, provider: CallbackProvider, owner: str, message: AccountRemoved,
                  where: dict[str, str | None]) -> None:
+        stored = self.grants.get(provider.account_platform, owner, message.account)
+        if _older(message.created_at, stored):
+            # Delivered again after the account authorized anew: forgetting
+            # it now would force a re-authorization nobody asked for.
+            log.info("%s/%s: %s for %s written at %.0f arrived after a later authorization; kept the account",
+                     provider.platform, owner, message.event, message.account, message.created_at)
+            return
         removed = self.grants.remove(provider.account_platform, owner, message.account)
         appid = f"{owner}:{message.account}"
         self.service.forget(provider.account_platform, appid)
@@ -207,6 +246,15 @@ class Callbacks:
             self.service.forget(f"{provider.account_platform}_{ticket_type}_ticket", appid)
         self.audit.record(f"callback.{message.event}",
                           f"account {message.account} {'forgotten' if removed else 'was not stored'}", **where)
+
+
+def _older(created_at: float | None, stored: AccountGrant | None) -> bool:
+    """Whether a message written at ``created_at`` predates the message the
+    stored grant came from (both on the platform's clock)."""
+    if created_at is None or stored is None:
+        return False
+    since = _info(stored).get("created_at")
+    return isinstance(since, int | float) and created_at < since
 
 
 def _info(grant: AccountGrant) -> dict[str, object]:

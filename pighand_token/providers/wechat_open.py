@@ -42,6 +42,10 @@ COMPONENT = "wechat_component"
 AUTHORIZER = "wechat_authorizer"
 TICKET_LIFE_S = 12 * 3600.0
 LOGIN_PAGE = "https://mp.weixin.qq.com/cgi-bin/componentloginpage"
+# 61005 / 61006: WeChat no longer takes the stored ticket (expired on its
+# side, or pushed before the secret was reset): the next push may be 10
+# minutes away, so ask for one now, as when none is stored.
+TICKET_REFUSED = (61005, 61006)
 # 61023: the refresh token is no longer valid: the account must authorize
 # the component again; retrying cannot help.
 REFRESH_TOKEN_INVALID = 61023
@@ -110,7 +114,11 @@ class WeChatComponentProvider(_WeChatThirdParty):
 
     def fetch(self, credential: Credential, *, replacing: str | None = None) -> Token:
         secrets = AppSecrets.parse(credential.secret, self.platform)
-        ticket = self.wait.current(credential.appid, lambda: self._ask_for_ticket(credential.appid, secrets))
+
+        def ask() -> None:
+            self._ask_for_ticket(credential.appid, secrets)
+
+        ticket = self.wait.current(credential.appid, ask)
         started = self.clock()
         _, body = self.request_json(
             "POST", "/cgi-bin/component/api_component_token", secrets=[secrets.secret, ticket.value],
@@ -118,7 +126,13 @@ class WeChatComponentProvider(_WeChatThirdParty):
                   "component_verify_ticket": ticket.value})
         errcode = body.get("errcode")
         if isinstance(errcode, int) and errcode != 0:
-            raise self._third_party_error(errcode, str(body.get("errmsg", "")), [secrets.secret, ticket.value])
+            error = self._third_party_error(errcode, str(body.get("errmsg", "")), [secrets.secret, ticket.value])
+            if errcode in TICKET_REFUSED:
+                # The refusal rests the component like any failure (no call per
+                # request with a ticket known bad); a new ticket ends the rest.
+                asked = self.wait._ask(credential.appid, ask, self.clock())
+                raise UpstreamError(self.platform, f"{error.platform_message}; {asked}", errcode=errcode)
+            raise error
         return _token(self.platform, body, "component_access_token", started)
 
     def _ask_for_ticket(self, appid: str, secrets: AppSecrets) -> None:
@@ -147,12 +161,12 @@ class WeChatComponentProvider(_WeChatThirdParty):
             account, code = message.get("AuthorizerAppid", ""), message.get("AuthorizationCode", "")
             if not account or not code:
                 raise BadRequest(f"{info_type} message without AuthorizerAppid or AuthorizationCode")
-            return AccountAuthorized(info_type, account, code)
+            return AccountAuthorized(info_type, account, code, _number(message.get("CreateTime")))
         if info_type == "unauthorized":
             account = message.get("AuthorizerAppid", "")
             if not account:
                 raise BadRequest("unauthorized message without AuthorizerAppid")
-            return AccountRemoved(info_type, account)
+            return AccountRemoved(info_type, account, _number(message.get("CreateTime")))
         return Ignored(info_type or "(no InfoType)")
 
     def reply(self, credential: Credential, text: str) -> CallbackReply:
