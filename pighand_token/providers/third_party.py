@@ -86,13 +86,15 @@ class TicketWait:
         now = self.clock()
         if ticket is not None and ticket.valid(now):
             return ticket
-        asked = self._ask(appid, ask, now)
+        asked = self.ask(appid, ask, now)
         state = "none has been received" if ticket is None else "the last one received has expired"
         raise AwaitingTicket(
             f"{self.platform} {appid}: waiting for the platform to push a {self.ticket_name} to "
             f"/callback/{self.platform}/{appid} ({state}); {asked}", retry_after_s=PUSH_REQUEST_WINDOW_S)
 
-    def _ask(self, appid: str, ask: Callable[[], None], now: float) -> str:
+    def ask(self, appid: str, ask: Callable[[], None], now: float) -> str:
+        """Call ``ask`` (the platform's push-a-ticket-now API) unless some
+        worker did within the minute; what happened, for the caller's message."""
         window = math.floor(now / PUSH_REQUEST_WINDOW_S) * PUSH_REQUEST_WINDOW_S
         if self.counters is not None:
             try:

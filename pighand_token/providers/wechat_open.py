@@ -130,7 +130,7 @@ class WeChatComponentProvider(_WeChatThirdParty):
             if errcode in TICKET_REFUSED:
                 # The refusal rests the component like any failure (no call per
                 # request with a ticket known bad); a new ticket ends the rest.
-                asked = self.wait._ask(credential.appid, ask, self.clock())
+                asked = self.wait.ask(credential.appid, ask, self.clock())
                 raise UpstreamError(self.platform, f"{error.platform_message}; {asked}", errcode=errcode)
             raise error
         return _token(self.platform, body, "component_access_token", started)

@@ -91,7 +91,7 @@ _CORPID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 class _NoPushRequest(TicketWait):
     """A ticket wait for a platform that cannot be asked to push (WeCom)."""
 
-    def _ask(self, appid: str, ask: Callable[[], None], now: float) -> str:
+    def ask(self, appid: str, ask: Callable[[], None], now: float) -> str:
         return ("WeCom has no API to ask for one: it pushes a suite_ticket every 10 minutes to a verified "
                 "instruction callback URL")
 
