@@ -66,7 +66,8 @@ _STATUS_TEXT = {
     500: "Anything unexpected (logged; no trace is sent).",
     502: "The platform refused: its errcode and message (never the secret). During a cooldown after a failed "
          "call, with `Retry-After`.",
-    503: "A store is unavailable, or another worker's refresh took too long (then with `Retry-After`).",
+    503: "A store is unavailable, another worker's refresh took too long (then with `Retry-After`), or a "
+         "third-party app's pushed ticket is awaited.",
     504: "The platform did not answer within `upstream_timeout`.",
 }
 
@@ -168,13 +169,14 @@ def build_document(*, platforms: Sequence[str], ticket_types: Mapping[str, Seque
 
 
 def _description(auth_required: bool) -> str:
-    auth = ("This server requires an API key on the token, ticket and status-page routes: send "
+    auth = ("This server requires an API key on the token, ticket, authorization and status-page routes: send "
             "`Authorization: Bearer <key>` or `X-Api-Key: <key>`, and `/metrics` one with the `metrics` scope. "
-            "`/healthz`, `/readyz` and `/openapi.json` need none."
+            "`/healthz`, `/readyz` and `/openapi.json` need none, nor do third-party platforms' `/callback/...` "
+            "routes (the platform's signature authenticates them)."
             if auth_required else
-            "This server runs with `auth_required` off: no route needs a key. With it on, the token, ticket "
-            "and status-page routes take `Authorization: Bearer <key>` or `X-Api-Key: <key>`, and `/metrics` "
-            "a key with the `metrics` scope.")
+            "This server runs with `auth_required` off: no route needs a key. With it on, the token, ticket, "
+            "authorization and status-page routes take `Authorization: Bearer <key>` or `X-Api-Key: <key>`, "
+            "and `/metrics` a key with the `metrics` scope.")
     return (
         "Every JSON answer, errors included, is the envelope "
         '`{"code": <HTTP status>, "data": <token or null>, "error": "<message>"}`. '
