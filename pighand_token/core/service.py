@@ -149,7 +149,8 @@ _REPORTED_IP = re.compile(r"\bip[:\s]+((?:\d{1,3}\.){3}\d{1,3}|[0-9a-fA-F]*:[0-9
 
 class _Pace:
     """When each of ``count`` due refreshes may start: at most ``rate`` in
-    any second, spread evenly from ``start`` to ``closes_at``, and never
+    any second, spread evenly from ``start`` to ``closes_at`` when there
+    are more than ``rate`` of them, and never
     after ``not_after`` (when the token enters its margin) if the rate allows.
 
     The platform sees a call a little after its refresh starts (a lock, a
@@ -163,7 +164,10 @@ class _Pace:
         self.window_s = 1.0 + 1.0 / self.rate
         self.start = start
         self.closes_at = closes_at
-        self._step = max(0.0, closes_at - start) / count if count else 0.0
+        # A set the rate covers within a second goes at once: spreading it
+        # would only bring every token nearer its margin, and the ticks
+        # of a deployment further from one call per token per interval.
+        self._step = max(0.0, closes_at - start) / count if count > self.rate else 0.0
         self._recent: deque[float] = deque(maxlen=self.rate)  # the latest starts
 
     def turn(self, index: int, *, not_after: float) -> float:

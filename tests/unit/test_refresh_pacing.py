@@ -115,17 +115,25 @@ def test_a_tick_spreads_its_due_set_and_leaves_what_the_rate_cannot_reach_to_the
     assert busiest_second([t for t, _ in provider.calls]) <= RATE
 
 
-def test_a_small_due_set_is_spread_over_the_tick_not_sent_at_once() -> None:
+def test_a_due_set_the_rate_covers_in_a_second_goes_at_once_and_a_larger_one_is_spread() -> None:
     clock = Clock()
-    service, provider, shared = build(10, clock)
+    service, provider, shared = build(60, clock)
     now = clock()
-    for i in range(10):
+    for i in range(60):
         # Due before the next tick, but none enters its margin within 240 s.
         shared.tokens[TokenKey("wechat", appid(i))] = Token(f"old-{i}", now + MARGIN_S + 250 + i, now - 7000)
     report = service.refresh_due(spread_s=240)
-    assert len(report.refreshed) == 10
+    assert len(report.refreshed) == 60
     gaps = [b[0] - a[0] for a, b in zip(provider.calls, provider.calls[1:], strict=False)]
-    assert min(gaps) >= 24 - 0.01 and provider.calls[-1][0] - now < 240
+    assert min(gaps) >= 4 - 0.01 and provider.calls[-1][0] - now < 240  # 240 s / 60
+    # Twenty (the rate): no waiting beyond the rate's own spacing.
+    clock2 = Clock()
+    service, provider, shared = build(20, clock2)
+    now = clock2()
+    for i in range(20):
+        shared.tokens[TokenKey("wechat", appid(i))] = Token(f"old-{i}", now + MARGIN_S + 250 + i, now - 7000)
+    service.refresh_due(spread_s=240)
+    assert provider.calls[-1][0] - now < 1.1
 
 
 def test_soonest_expiring_first_whatever_the_order_of_the_credentials() -> None:

@@ -15,6 +15,7 @@ Revises: 0003
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
@@ -41,7 +42,10 @@ def upgrade() -> None:
     dialect = "mysql" if bind.dialect.name == "mariadb" else bind.dialect.name
     real = REAL[dialect]
     tail = " DEFAULT CHARSET=utf8mb4" if dialect == "mysql" else ""
-    op.execute(f"""CREATE TABLE pushed_ticket (
+    tables = set(sa.inspect(bind).get_table_names())
+    # A database taken back to an earlier revision by hand keeps its tables.
+    if "pushed_ticket" not in tables:
+        op.execute(f"""CREATE TABLE pushed_ticket (
         platform {_key(dialect, 32)} NOT NULL,
         appid {_key(dialect, 128)} NOT NULL,
         ticket TEXT NOT NULL,
@@ -50,7 +54,8 @@ def upgrade() -> None:
         received_at {real} NOT NULL,
         PRIMARY KEY (platform, appid)
     )""" + tail)
-    op.execute(f"""CREATE TABLE account_grant (
+    if "account_grant" not in tables:
+        op.execute(f"""CREATE TABLE account_grant (
         platform {_key(dialect, 32)} NOT NULL,
         owner {_key(dialect, 128)} NOT NULL,
         account {_key(dialect, 128)} NOT NULL,
