@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from bench import rss, slow_platform, stampede, throughput
+from bench import isv_scale, rss, slow_platform, stampede, throughput
 from bench.harness import WRK_CONNECTIONS, WRK_THREADS, BenchError, WrkResult, wrk_path
 from bench.ours import Store
 from bench.report import Check, Row, Summary, print_table, ratio
@@ -38,7 +38,7 @@ from tests.fakes.wechat import FakeWeChat
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
-KEYS = (*throughput.KEYS, "slow_platform", "rss", "stampede")
+KEYS = (*throughput.KEYS, "slow_platform", "rss", "stampede", "isv_scale")
 STAMPEDE_REQUESTS = 200
 STAMPEDE_LATENCY_S = 0.2
 
@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     runs: dict[str, list[WrkResult]] = {s.key: [] for s in order}
     slow_runs: list[slow_platform.SlowResult] = []
     rss_result: rss.RssResult | None = None
+    isv_result: isv_scale.IsvScaleResult | None = None
     stampede_results: list[stampede.Result] = []
     stampede_skipped: list[str] = []
     platform_calls = 0
@@ -177,9 +178,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"stampede: {STAMPEDE_REQUESTS} concurrent cold GETs, platform answers in "
                   f"{STAMPEDE_LATENCY_S:g} s", flush=True)
             stampede_results, stampede_skipped = stampede.run(STAMPEDE_REQUESTS, STAMPEDE_LATENCY_S, args.rounds)
+        if "isv_scale" in wanted:
+            print(f"isv_scale: {isv_scale.AUTHORIZERS} WeChat authorizers due at once, one scheduler tick of "
+                  f"{isv_scale.INTERVAL_S} s ...", flush=True)
+            isv_result = isv_scale.measure(tmp)
+            print(isv_scale.describe(isv_result), flush=True)
 
     summaries = {key: Summary.of(rs) for key, rs in runs.items()}
-    rows = build_rows(summaries, slow_runs, rss_result, stampede_results, stampede_skipped)
+    rows = build_rows(summaries, slow_runs, rss_result, stampede_results, stampede_skipped, isv_result)
     print()
     print_table(rows, rounds=args.rounds)
     print(f"\nratios: this row's req/s over the named scenario's (p99: this row's p99 over its p99); medians of "
@@ -204,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
                                "cold_failed": r.cold_failed, "cold_s": r.cold_s} for r in slow_runs],
             "rss": asdict(rss_result) if rss_result else None,
             "stampede": {"results": [asdict(r) for r in stampede_results], "skipped": stampede_skipped},
+            "isv_scale": asdict(isv_result) if isv_result else None,
             "checks": [asdict(c) | {"verdict": c.verdict} for c in checks],
             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -215,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_rows(s: dict[str, Summary], slow_runs: list[slow_platform.SlowResult], rss_result: rss.RssResult | None,
-               stampede_results: list[stampede.Result], stampede_skipped: list[str]) -> list[Row]:
+               stampede_results: list[stampede.Result], stampede_skipped: list[str],
+               isv_result: isv_scale.IsvScaleResult | None = None) -> list[Row]:
     rows: dict[str, Row] = {sc.key: Row(sc.key, sc.server, s[sc.key]) for sc in throughput.SCENARIOS if sc.key in s}
 
     def rps(a: str, b: str) -> float | None:
@@ -286,6 +294,27 @@ def build_rows(s: dict[str, Summary], slow_runs: list[slow_platform.SlowResult],
                        checks=[Check(f"calls {calls}, failed {failed}, tokens {tokens}", "1, 0, 1",
                                      all(stampede.met(r) for r in mine), key=f"stampede_{layout.name.split(',')[0]}")],
                        notes=[f"{STAMPEDE_REQUESTS} GETs"]))
+    if isv_result is not None:
+        r = isv_result
+        one_each = r.distinct_authorizers == r.authorizer_calls and r.failed == 0
+        out.append(Row("isv_scale calls/s", f"serve -w {len(r.workers_mb)}, {r.authorizers} authorizers due, "
+                       f"corn_interval {r.interval_s} s",
+                       checks=[Check(f"max {r.max_calls_per_s}/s, mean {r.mean_calls_per_s:.1f}/s",
+                                     f"<= {r.rate_limit}/s", r.max_calls_per_s <= r.rate_limit,
+                                     r.max_calls_per_s, "isv_calls_per_s"),
+                               Check(f"{r.authorizer_calls} calls, {r.distinct_authorizers} authorizers, "
+                                     f"{r.failed} failed", "1 call each, 0 failed", one_each, key="isv_one_call_each"),
+                               Check(f"soonest first: {'yes' if r.soonest_first else 'no'}", "yes",
+                                     r.soonest_first, key="isv_soonest_first")],
+                       notes=[f"{r.calls} platform calls in the first tick, {r.deferred} deferred"]))
+        out.append(Row("isv_scale tick", "", checks=[Check(f"{r.tick_s:.1f} s", "", None, r.tick_s, "isv_tick_s")],
+                       notes=[f"spread over 0.8 x {r.interval_s} s"]))
+        out.append(Row("isv_scale token status", "", checks=[Check(f"{r.status_s:.1f} s", "", None, r.status_s,
+                                                                   "isv_status_s")],
+                       notes=[f"{r.status_rows} rows, CLI start included"]))
+        for i, mb in enumerate(r.workers_mb):
+            out.append(Row(f"isv_scale rss worker {i + 1}", "",
+                           checks=[Check(f"{mb:.1f} MB", "", None, mb, f"isv_rss_worker_{i + 1}")]))
     return out
 
 

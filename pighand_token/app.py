@@ -23,7 +23,7 @@ from .core.proxies import TrustedProxies, parse_networks
 from .core.service import ANSWERED_BY
 from .logs import ACCESS, HideQuerySecrets, JsonFormatter, request_event, request_id
 from .scheduler import RefreshScheduler
-from .web import api, envelope, openapi, ops, status_page
+from .web import api, callbacks, envelope, openapi, ops, status_page
 from .web.fastpath import FastPath
 from .web.proxies import ProxyHeaders
 
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None, *, overrides: Mapping[str, Any]
     app.before_request(_request_id)
     app.after_request(_finish_request)
     app.register_blueprint(api.bp)
+    app.register_blueprint(callbacks.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(status_page.bp)
     app.register_blueprint(ops.bp)
@@ -73,10 +74,6 @@ def create_app(settings: Settings | None = None, *, overrides: Mapping[str, Any]
         proxies = TrustedProxies(parse_networks(settings.trusted_proxies))
         app.wsgi_app = ProxyHeaders(app.wsgi_app, proxies)  # type: ignore[method-assign]
     return app
-
-
-
-
 
 
 def _request_id() -> None:

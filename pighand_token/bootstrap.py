@@ -29,10 +29,13 @@ from .adapters.sql import (
     SqlTokenChanges,
     SqlTokenStore,
 )
+from .adapters.third_party import SqlAccountGrants, SqlTicketStore
 from .config import Settings
 from .core.audit import Audit
 from .core.auth import ClientRegistry
+from .core.callbacks import Callbacks
 from .core.crypto import Cipher, load_cipher
+from .core.domain import Token
 from .core.errors import SettingsError, Unavailable
 from .core.ports import Clock, Cooldowns, Counters, FallbackStore, Locks, NoTokenChanges, TokenChanges, TokenStore
 from .core.service import Policy, TokenService
@@ -63,6 +66,8 @@ class Container:
     redis: redis_adapters.Client | None = None
     changes: TokenChanges = field(default_factory=NoTokenChanges)
     """Keeps the in-process tier coherent; started by app.start_background."""
+    callbacks: Callbacks | None = None
+    """What third-party platforms push (tickets, authorizations)."""
 
     def key_problem(self, limit: int | None = None) -> str | None:
         """Why ``encryption_key`` is wrong for the stored secrets (it opens
@@ -125,7 +130,8 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
     sql = SqlTokenStore(db, cipher)
     policy = Policy(margin_s=settings.corn_interval, upstream_timeout_s=settings.upstream_timeout,
                     cooldown_base_s=settings.failure_cooldown,
-                    refresh_limit_per_minute=settings.refresh_limit_per_minute)
+                    refresh_limit_per_minute=settings.refresh_limit_per_minute,
+                    refresh_rate_limit=settings.refresh_rate_limit)
     # The worker's memory is the first tier read, so a cached GET does no
     # I/O; `changes` drops from it what other workers replace (Redis
     # announcements, else SQL polling). local_cache_ttl 0: no memory tier.
@@ -184,14 +190,37 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
     http = requests.Session()
     http.headers["User-Agent"] = "pighand-token"
     # Secrets at rest: the grants are sealed like the credentials.
+    tickets, account_grants = SqlTicketStore(db, cipher), SqlAccountGrants(db, cipher)
+    tokens = _LateTokens()
     context = ProviderContext(settings=settings, session=http, clock=clock, grants=SqlGrantStore(db, cipher),
-                              locks=locks, counters=counters)
+                              locks=locks, counters=counters, tickets=tickets, account_grants=account_grants,
+                              tokens=tokens)
     providers = {platform: build(context) for platform, build in REGISTRY.items()}
     service = TokenService(
         credentials=credentials, stores=stores, fallback=fallback, locks=locks, providers=providers,
         cooldowns=cooldowns, counters=counters, metrics=PrometheusMetrics(), clock=clock, policy=policy,
         local=memory,
     )
+    tokens.service = service
+    audit = Audit(SqlAuditLog(db), clock)
     return Container(settings=settings, db=db, credentials=credentials, stores=stores, locks=locks,
                      service=service, http=http, cipher=cipher, clients=ClientRegistry(SqlClients(db), clock),
-                     audit=Audit(SqlAuditLog(db), clock), redis=client, changes=changes)
+                     audit=audit, redis=client, changes=changes,
+                     callbacks=Callbacks(service=service, credentials=credentials, tickets=tickets,
+                                         grants=account_grants, audit=audit, clock=clock))
+
+
+class _LateTokens:
+    """The service, for providers (built before it) whose tokens are made
+    from other managed tokens."""
+
+    service: TokenService | None = None
+
+    def get(self, platform: str, appid: str) -> Token:
+        assert self.service is not None
+        return self.service.get(platform, appid)
+
+    def refresh(self, platform: str, appid: str, *, stale_token: str | None = None,
+                caller: str | None = None) -> Token:
+        assert self.service is not None
+        return self.service.refresh(platform, appid, stale_token=stale_token, caller=caller)

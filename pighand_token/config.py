@@ -71,6 +71,7 @@ class Settings:
     auth_required: bool = True
     encryption_key: str = ""
     refresh_limit_per_minute: int = 10
+    refresh_rate_limit: int = 20
     fast_path: bool = True
     http_header_timeout: float = 10.0
     worker_lifetime: int = 0
@@ -170,6 +171,7 @@ RULES: dict[str, _Rule] = {
     "is_enable_schedule": _Rule("bool"),
     "corn_interval": _Rule("int", 1),
     "refresh_limit_per_minute": _Rule("int", 1),
+    "refresh_rate_limit": _Rule("int", 1, 10_000),
     "save_model": _Rule("choice", choices=SAVE_MODELS),
     "local_cache_ttl": _Rule("int", 0),
     "wechat_api_base": _Rule("text"),

@@ -12,8 +12,10 @@ from typing import Any
 import click
 from flask.cli import AppGroup
 
+from ..core.callbacks import CallbackProvider
 from ..core.domain import Credential, valid_appid
 from ..core.errors import PighandError
+from ..providers.third_party import AppSecrets
 from .common import container as _container
 from .common import friendly as _friendly
 from .common import operator, secret_value
@@ -45,12 +47,24 @@ def _credential_problem(platform: str, appid: str, secret: str) -> str | None:
                                 "prompted for (hidden) when neither is given.")
 @click.option("--secret-file", type=click.File("r", encoding="utf-8"),
               help="Read the secret from a file (e.g. a PEM private key); - for stdin.")
+@click.option("--callback-token", help="Third-party apps (wechat_component, wecom_suite): the callback Token "
+                                        "from the platform's console; prompted for (hidden) when omitted.")
+@click.option("--encoding-aes-key", help="Third-party apps: the callback EncodingAESKey (43 characters); "
+                                          "prompted for (hidden) when omitted.")
 @click.option("--update", is_flag=True, help="Replace the secret if the credential exists.")
 @_friendly
-def platform_add(platform: str, appid: str, secret: str | None, secret_file: Any, update: bool) -> None:
+def platform_add(platform: str, appid: str, secret: str | None, secret_file: Any, callback_token: str | None,
+                 encoding_aes_key: str | None, update: bool) -> None:
     """Add a credential."""
     _check(platform, appid)
     secret = secret_value("secret", secret, secret_file)
+    if isinstance(_container().service.providers[platform], CallbackProvider):
+        # The platform signs and encrypts what it pushes with these two.
+        secret = AppSecrets(secret, secret_value("callback-token", callback_token, None),
+                            secret_value("encoding-aes-key", encoding_aes_key, None)).encode()
+    elif callback_token is not None or encoding_aes_key is not None:
+        raise click.ClickException(f"{platform} takes no callback: --callback-token and --encoding-aes-key "
+                                   "are for third-party apps (wechat_component, wecom_suite)")
     problem = _credential_problem(platform, appid, secret)
     if problem:
         raise click.ClickException(problem)
@@ -97,6 +111,14 @@ def platform_remove(platform: str, appid: str) -> None:
         raise click.ClickException(f"no credential for {platform} appid {appid!r}")
     for token_appid in {appid, *served}:
         container.service.forget(platform, token_appid)
+    # Tokens this credential serves under another platform (a component's
+    # authorizers, with their tickets): cached, they would be served on.
+    for other in container.service.providers.values():
+        if credential is not None and getattr(other, "credential_platform", None) == platform:
+            for token_appid in other.token_appids(appid):
+                container.service.forget(other.platform, token_appid)
+                for ticket_type in getattr(other, "ticket_types", ()):
+                    container.service.forget(f"{other.platform}_{ticket_type}_ticket", token_appid)
     container.audit.record("credential.remove", "ok", client=operator(), platform=platform, appid=appid)
     click.echo(f"removed {platform} {appid}")
 

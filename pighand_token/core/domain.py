@@ -169,3 +169,46 @@ class Grant:
     @property
     def token_appid(self) -> str:
         return f"{self.app_id}:{self.auth_app_id}"
+
+
+@dataclass(frozen=True)
+class PushedTicket:
+    """A ticket a platform pushed to this service's callback (WeChat's
+    ``component_verify_ticket``, WeCom's ``suite_ticket``): what the app's
+    token is made from. Kept durably in SQL; the one with the latest
+    ``created_at`` (the platform's own time of the message) wins."""
+
+    platform: str
+    appid: str
+    value: str = field(repr=False)
+    created_at: float
+    expires_at: float
+    received_at: float
+
+    def valid(self, now: float) -> bool:
+        return now < self.expires_at
+
+
+@dataclass(frozen=True)
+class AccountGrant:
+    """An account's authorization of a third-party app: the long-lived
+    secret the platform hands over once for it (WeChat's
+    ``authorizer_refresh_token``, WeCom's ``permanent_code``), from which
+    the account's tokens are made. Kept durably in SQL: losing it means the
+    account must authorize again."""
+
+    platform: str  # the token platform: wechat_authorizer, wecom_corp
+    owner: str  # the third-party app: component appid, suite id
+    account: str  # the authorizing account: authorizer appid, corp id
+    secret: str = field(repr=False)
+    # What the platform said was granted (JSON text: func_info, auth_corp_info).
+    info: str
+    authorized_at: float
+    updated_at: float
+    # The secret as the row holds it (ciphertext with a cipher), for the
+    # compare-and-set; empty for a grant not read from the store.
+    stored_secret: str = field(default="", repr=False, compare=False)
+
+    @property
+    def token_appid(self) -> str:
+        return f"{self.owner}:{self.account}"

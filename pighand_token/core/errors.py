@@ -72,6 +72,16 @@ class UnknownApp(NotFound):
         )
 
 
+class MethodRefused(PighandError):
+    """405: this resource takes other methods (listed in ``Allow``)."""
+
+    status = 405
+
+    def __init__(self, message: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.headers["Allow"] = ", ".join(allowed)
+
+
 class Conflict(PighandError):
     status = 409
 

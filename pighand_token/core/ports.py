@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from .domain import AuditEntry, Client, Cooldown, Credential, Grant, Token, TokenKey
+from .domain import AccountGrant, AuditEntry, Client, Cooldown, Credential, Grant, PushedTicket, Token, TokenKey
 
 Clock = Callable[[], float]
 
@@ -132,6 +132,12 @@ class Provider(Protocol):
     def appid_error(self, appid: str) -> str | None:
         """Why a token appid is malformed for this platform, or None."""
 
+    # The credential row's platform where it is not this one (None).
+    credential_platform: str | None
+
+    def account_error(self, appid: str) -> str | None:
+        """Why the account ``appid`` names has no token (third-party), or None."""
+
     def credential_appid(self, appid: str) -> str:
         """The credential row's appid that serves this token appid."""
 
@@ -170,6 +176,48 @@ class GrantStore(Protocol):
         token; False when another writer got there first."""
 
     def remove(self, app_id: str, auth_app_id: str) -> bool: ...
+
+
+class TicketStore(Protocol):
+    """The tickets platforms push (WeChat component_verify_ticket, WeCom
+    suite_ticket), one per app, in SQL: a Redis restart must not leave an
+    app without the ticket its token is made from."""
+
+    def latest(self, platform: str, appid: str) -> PushedTicket | None: ...
+
+    def offer(self, ticket: PushedTicket) -> bool:
+        """Store ``ticket`` unless one created later is stored (an older
+        ticket, redelivered, never replaces a newer one). True when the store
+        now holds this ticket (a redelivery of the stored one included)."""
+
+
+class AccountGrants(Protocol):
+    """Durable account grants of third-party apps (refresh tokens,
+    permanent codes); see :class:`AccountGrant`."""
+
+    def get(self, platform: str, owner: str, account: str) -> AccountGrant | None: ...
+
+    def list(self, platform: str, owner: str) -> builtins.list[AccountGrant]: ...
+
+    def save(self, grant: AccountGrant) -> None:
+        """Insert or replace (a new authorization supersedes the stored one)."""
+
+    def rotate(self, current: AccountGrant, new: AccountGrant) -> bool:
+        """Install ``new`` only if the store still holds ``current``'s secret;
+        False when another writer got there first."""
+
+    def remove(self, platform: str, owner: str, account: str) -> bool: ...
+
+
+class TokenSource(Protocol):
+    """The service as a provider sees it: a token made from another
+    managed token (an authorizer's from its component's) asks for that one
+    here, with the whole contract (tiers, single flight, cooldowns)."""
+
+    def get(self, platform: str, appid: str) -> Token: ...
+
+    def refresh(self, platform: str, appid: str, *, stale_token: str | None = None,
+                caller: str | None = None) -> Token: ...
 
 
 class Counters(Protocol):

@@ -21,9 +21,11 @@ import random
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from .domain import Cooldown, Credential, Token, TokenKey, valid_appid
 from .errors import (
@@ -52,6 +54,7 @@ from .ports import (
     TokenStore,
 )
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # Which tier answered the current request's lookup (for the request log).
@@ -77,6 +80,9 @@ class Policy:
     """First pause after a failed call; doubles per failure up to 5 minutes."""
     refresh_limit_per_minute: int = 10
     """Refreshes that reach the platform, per caller and app."""
+    refresh_rate_limit: int = 20
+    """Scheduled refreshes started per second at most (one tick runs at a
+    time across the deployment, so this is the deployment's rate)."""
 
     @property
     def upstream_budget_s(self) -> float:
@@ -111,6 +117,9 @@ class RefreshReport:
     refreshed: list[TokenKey] = field(default_factory=list)
     fresh: list[TokenKey] = field(default_factory=list)
     failed: dict[TokenKey, PighandError] = field(default_factory=dict)
+    # Due, but not reached before the tick's window closed: the latest to
+    # enter their margin, left to the next tick.
+    deferred: list[TokenKey] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,43 @@ class TokenStatus:
 _REPORTED_IP = re.compile(r"\bip[:\s]+((?:\d{1,3}\.){3}\d{1,3}|[0-9a-fA-F]*:[0-9a-fA-F:.]+)", re.I)
 
 
+class _Pace:
+    """When each of ``count`` due refreshes may start: at most ``rate`` in
+    any second, spread evenly from ``start`` to ``closes_at`` when there
+    are more than ``rate`` of them, and never
+    after ``not_after`` (when the token enters its margin) if the rate allows.
+
+    The platform sees a call a little after its refresh starts (a lock, a
+    grant read), by a varying delay, so starts are held to ``rate`` per
+    ``1 + 1/rate`` seconds: a twentieth of a second of slack at 20/s, and
+    19 calls a second on average.
+    """
+
+    def __init__(self, rate: int, *, start: float, count: int, closes_at: float) -> None:
+        self.rate = max(1, rate)
+        self.window_s = 1.0 + 1.0 / self.rate
+        self.start = start
+        self.closes_at = closes_at
+        # A set the rate covers within a second goes at once: spreading it
+        # would only bring every token nearer its margin, and the ticks
+        # of a deployment further from one call per token per interval.
+        self._step = max(0.0, closes_at - start) / count if count > self.rate else 0.0
+        self._recent: deque[float] = deque(maxlen=self.rate)  # the latest starts
+
+    def turn(self, index: int, *, not_after: float) -> float:
+        turn = min(self.start + index * self._step, not_after)
+        if self._recent:
+            turn = max(turn, self._recent[-1] + self.window_s / self.rate)
+            if len(self._recent) == self.rate:
+                # Rounding aside, the even spacing already holds it; this
+                # makes sure.
+                turn = max(turn, self._recent[0] + self.window_s)
+        return turn
+
+    def started(self, at: float) -> None:
+        self._recent.append(at)
+
+
 @dataclass
 class _Found:
     servable: Token | None = None
@@ -163,6 +209,10 @@ class TokenService:
         self._shared: list[TokenStore] = [s for s in self._read_order if s.shared]
         self.locks = locks
         self.providers = dict(providers)
+        # Credential platform -> the platforms whose tokens its rows serve.
+        self._served_by: dict[str, list[str]] = {}
+        for name, provider in sorted(self.providers.items()):
+            self._served_by.setdefault(provider.credential_platform or name, []).append(name)
         self.cooldowns = cooldowns
         self.counters = counters
         self.metrics: Metrics = metrics or NoMetrics()
@@ -302,18 +352,45 @@ class TokenService:
         # very token the caller reported stale.
         return self._locked(key, work, on_timeout=lambda: self._waited_too_long(key, not_this=stale_token))
 
-    def refresh_due(self) -> RefreshReport:
+    def refresh_due(self, *, spread_s: float = 0.0) -> RefreshReport:
         """Refresh every credential whose token is missing or would enter its
-        margin before the next tick (one ``margin_s`` from now)."""
+        margin before the next tick (one ``margin_s`` from now).
+
+        Soonest first: missing tokens and tokens already inside their margin,
+        then by the time each enters its margin. At most
+        ``refresh_rate_limit`` refreshes start in any second. With
+        ``spread_s`` (the scheduler's tick) the due set is spread evenly
+        over that many seconds, but no token's turn comes after it enters
+        its margin; what has not started when ``spread_s`` is up is left,
+        as ``deferred``, to the next tick. Without it, one after another at
+        the rate limit."""
         report = RefreshReport()
         # One interval and a fifth: ticks drift, and a token due just after
         # the next tick would otherwise be refreshed by a request instead.
         horizon = self.policy.margin_s * 1.2
+        # The window counts from here: reading 10,000 tokens takes a while.
+        began = self.clock()
+        due: list[tuple[float, TokenKey]] = []
         for key in self._scheduled():
             current = self._read_shared(key)
             if current is not None and not current.due(self.clock(), self.policy.margin_s, horizon):
                 report.fresh.append(key)
                 continue
+            # Missing or inside its margin (not servable): at once.
+            due.append((-math.inf if current is None else current.serve_until(self.policy.margin_s), key))
+        due.sort(key=lambda item: item[0])
+        pace = _Pace(self.policy.refresh_rate_limit, start=self.clock(), count=len(due), closes_at=began + spread_s)
+        for index, (serve_until, key) in enumerate(due):
+            turn = pace.turn(index, not_after=serve_until)
+            if spread_s and turn > pace.closes_at:
+                report.deferred.extend(k for _, k in due[index:])
+                log.warning("%d due token(s) left to the next tick: refresh_rate_limit is %d/s",
+                            len(due) - index, self.policy.refresh_rate_limit)
+                break
+            wait_s = turn - self.clock()
+            if wait_s > 0:
+                self._sleep(wait_s)
+            pace.started(max(self.clock(), turn))
 
             def work(key: TokenKey = key) -> Token:
                 current = self._read_shared(key)
@@ -350,9 +427,10 @@ class TokenService:
         one row that cannot be must not stop the others."""
         keys: list[TokenKey] = []
         for platform, appid in self.credentials.keys():
-            provider = self.providers.get(platform)
-            if provider is not None:
-                keys.extend(TokenKey(platform, token_appid) for token_appid in provider.token_appids(appid))
+            # A third-party app's credential serves its own token and its
+            # accounts' tokens (other platforms naming it as theirs).
+            for served in self._served_by.get(platform, ()):
+                keys.extend(TokenKey(served, token_appid) for token_appid in self.providers[served].token_appids(appid))
         return keys
 
     def status(self) -> list[TokenStatus]:
@@ -381,6 +459,19 @@ class TokenService:
                 retry_in_s=max(0.0, cooldown.until - now) if cooldown and cooldown.active(now) else None,
             ))
         return rows
+
+    def install(self, platform: str, appid: str, token: Token) -> None:
+        """Store a token the platform handed over with something else (an
+        authorization exchanged for an account's grant) in every tier, as a
+        fetch would: served as it is, no extra call."""
+        key = TokenKey(platform, appid)
+        self.clear_cooldown(key)
+        self._write(key, token)
+
+    def platform_call(self, key: TokenKey, call: Callable[[], T]) -> T:
+        """A platform call made for ``key`` outside a fetch (an authorization
+        code exchanged): retried, counted and logged like a fetch."""
+        return self._retrying(call, key)
 
     def forget(self, platform: str, appid: str) -> None:
         """Drop a token and its cooldown everywhere (credential removed or
@@ -557,9 +648,13 @@ class TokenService:
     def _credential(self, key: TokenKey) -> Credential:
         """The credential that serves ``key`` (as the token's appid), or UnknownApp."""
         provider = self.providers[key.platform]
-        credential = self.credentials.get(key.platform, provider.credential_appid(key.appid))
+        credential = self.credentials.get(provider.credential_platform or key.platform,
+                                          provider.credential_appid(key.appid))
         if credential is None:
             raise UnknownApp(key.platform, provider.credential_appid(key.appid))
+        problem = provider.account_error(key.appid)
+        if problem:
+            raise NotFound(problem)
         return credential if credential.appid == key.appid else replace(credential, appid=key.appid)
 
     def _fetch_and_store(self, key: TokenKey, *, replacing: str | None = None,
@@ -653,7 +748,7 @@ class TokenService:
         error.headers["Retry-After"] = str(wait_s)
         return error
 
-    def _retrying(self, call: Callable[[], Token], key: TokenKey, attempts: int | None = None) -> Token:
+    def _retrying(self, call: Callable[[], T], key: TokenKey, attempts: int | None = None) -> T:
         """Call the platform, retrying transient failures (5xx, timeouts,
         WeChat -1) with exponential backoff and jitter inside the budget, up
         to ``attempts`` calls (default: the policy's); configuration errors

@@ -10,7 +10,9 @@ from .base import HttpProvider, ProviderContext
 from .dingtalk import DingTalkProvider
 from .feishu import FeishuProvider
 from .wechat import WeChatProvider
+from .wechat_open import WeChatAuthorizerProvider, WeChatComponentProvider
 from .wecom import WeComProvider
+from .wecom_isv import WeComCorpProvider, WeComProviderTokenProvider, WeComSuiteProvider
 
 REGISTRY: dict[str, Callable[[ProviderContext], HttpProvider]] = {
     "feishu": FeishuProvider.build,
@@ -21,6 +23,11 @@ REGISTRY: dict[str, Callable[[ProviderContext], HttpProvider]] = {
     "wecom": WeComProvider.build,
     "dingtalk": DingTalkProvider.build,
     "alipay": AlipayProvider.build,
+    "wechat_component": WeChatComponentProvider.build,
+    "wechat_authorizer": WeChatAuthorizerProvider.build,
+    "wecom_suite": WeComSuiteProvider.build,
+    "wecom_corp": WeComCorpProvider.build,
+    "wecom_provider": WeComProviderTokenProvider.build,
 }
 
 __all__ = ["REGISTRY", "HttpProvider", "ProviderContext"]

@@ -13,7 +13,7 @@ import requests
 from ..config import Settings
 from ..core.domain import APPID_PATTERN, Credential, Token
 from ..core.errors import UpstreamError, UpstreamTimeout
-from ..core.ports import Clock, Counters, GrantStore, Locks
+from ..core.ports import AccountGrants, Clock, Counters, GrantStore, Locks, TicketStore, TokenSource
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,11 @@ class ProviderContext:
     # Shared across workers: for platform-side limits (WeChat force_refresh).
     locks: Locks | None = None
     counters: Counters | None = None
+    # Third-party apps: the tickets their platforms push, the grants their
+    # accounts give, and the service, for tokens made from other tokens.
+    tickets: TicketStore | None = None
+    account_grants: AccountGrants | None = None
+    tokens: TokenSource | None = None
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -79,6 +84,17 @@ class HttpProvider:
     def appid_error(self, appid: str) -> str | None:
         """Why ``appid`` (as used in the token URL) is malformed for this
         platform, or None. The generic character check has passed already."""
+        return None
+
+    # The platform of the credential row that serves this platform's tokens,
+    # where that is another one (an authorizer's token is made with its
+    # component's credential); None: this platform's own.
+    credential_platform: str | None = None
+
+    def account_error(self, appid: str) -> str | None:
+        """Why the account that ``appid`` names cannot have a token (it has
+        not authorized the third-party app, or revoked it), or None; None
+        where tokens name no account."""
         return None
 
     def credential_appid(self, appid: str) -> str:

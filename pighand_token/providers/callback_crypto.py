@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as _defused_fromstring
 
-from ..core.errors import BadRequest, Forbidden, SettingsError
+from ..core.errors import BadRequest, PighandError, SettingsError
 
 BLOCK = 32  # the scheme's PKCS#7 block, twice AES's
 _RANDOM_LEN = 16
@@ -59,8 +59,12 @@ _NONCE_ALPHABET = string.ascii_letters + string.digits
 _KEY_CHARS = re.compile(r"[A-Za-z0-9+/]{43}")
 
 
-class CallbackRejected(Forbidden):
-    """The callback is not authentic, or does not decrypt with this app's key."""
+class CallbackRejected(PighandError):
+    """The callback is not authentic, or does not decrypt with this app's key:
+    401 (the platform signs, it sends no credential we could ask for, so no
+    ``WWW-Authenticate``)."""
+
+    status = 401
 
 
 class MalformedCallback(BadRequest):
@@ -127,12 +131,15 @@ class MessageCrypto:
         raw = encryptor.update(body + bytes([pad]) * pad) + encryptor.finalize()
         return base64.b64encode(raw).decode("ascii")
 
-    def decrypt(self, encrypt_b64: str, *, receive_ids: Iterable[str] | None = None) -> bytes:
+    def decrypt(self, encrypt_b64: str, *, receive_ids: Iterable[str] | None = None,
+                any_receive_id: bool = False) -> bytes:
         """The message inside ``encrypt_b64``.
 
         The receive id found inside must be one of ``receive_ids`` (default:
         this app's ``receive_id``): WeCom's URL verification for a suite may
-        carry the suite id or the provider's corpid.
+        carry the suite id or the provider's corpid. ``any_receive_id``
+        skips that check, for a caller that has verified the signature and
+        only echoes what it decrypts (WeCom's URL check).
         """
         accepted = {self.receive_id} if receive_ids is None else set(receive_ids)
         try:
@@ -154,15 +161,15 @@ class MessageCrypto:
         if start + length > len(body):
             raise CallbackRejected("callback does not decrypt with this EncodingAESKey (length field)")
         message, found_id = body[start:start + length], body[start + length:]
-        if not any(hmac.compare_digest(found_id, rid.encode("utf-8")) for rid in accepted):
+        if not any_receive_id and not any(hmac.compare_digest(found_id, rid.encode("utf-8")) for rid in accepted):
             raise CallbackRejected("callback was encrypted for another app (receive id does not match)")
         return message
 
     def verify_and_decrypt(self, msg_signature: str, timestamp: str, nonce: str, encrypt: str, *,
-                           receive_ids: Iterable[str] | None = None) -> bytes:
+                           receive_ids: Iterable[str] | None = None, any_receive_id: bool = False) -> bytes:
         """Check the signature, then decrypt: nothing unsigned reaches the cipher."""
         self.verify(msg_signature, timestamp, nonce, encrypt)
-        return self.decrypt(encrypt, receive_ids=receive_ids)
+        return self.decrypt(encrypt, receive_ids=receive_ids, any_receive_id=any_receive_id)
 
     def _cipher(self) -> Cipher[modes.CBC]:
         return Cipher(algorithms.AES(self._key), modes.CBC(self._key[:16]))

@@ -58,7 +58,7 @@ _IP = re.compile(r"invalid ip ([0-9a-fA-F.:]+)")
 
 class WeChatProvider(HttpProvider):
     platform = "wechat"
-    ticket_types = ("jsapi", "wx_card")
+    ticket_types: tuple[str, ...] = ("jsapi", "wx_card")
     appid_example = "wx1234567890abcdef"
     # 40001 not the latest token, 40014 invalid, 42001 expired.
     invalid_token_codes: frozenset[int | str] = frozenset({40001, 40014, 42001})

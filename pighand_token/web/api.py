@@ -105,3 +105,27 @@ def _stale_token() -> str | None:
         raise BadRequest("stale_token given more than once with different values: "
                          + ", ".join(name for name, _ in given))
     return str(values.pop()) if values else None
+
+
+# -- third-party apps: the authorization page, and codes it redirected with ----
+@bp.get("/authorize/<platform>/<appid>")
+def authorization_page(platform: str, appid: str) -> Response:
+    redirect_uri = request.args.get("redirect_uri", "")
+    if not redirect_uri.startswith(("https://", "http://")):
+        raise BadRequest("redirect_uri (the page the platform sends the account back to, with auth_code) "
+                         "must be an http(s) URL")
+    return envelope(_container().callbacks.authorization_url(platform, appid, redirect_uri, request.args))
+
+
+@bp.post("/authorize/<platform>/<appid>")
+def authorize(platform: str, appid: str) -> Response:
+    try:
+        body = json.loads(request.get_data(cache=False) or b"{}")
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadRequest("request body is not valid JSON") from None
+    code = body.get("auth_code") if isinstance(body, dict) else None
+    if not isinstance(code, str) or not code:
+        raise BadRequest('request body must be {"auth_code": "<the code the authorization page redirected with>"}')
+    account = _container().callbacks.authorize(platform, appid, code, client=g.client,
+                                               request_id=g.get("request_id"), remote_addr=request.remote_addr)
+    return envelope(account)

@@ -20,6 +20,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
+from ..core.callbacks import CallbackProvider
 from ..core.domain import APPID_PATTERN
 
 bp = Blueprint("openapi", __name__)
@@ -32,6 +33,8 @@ IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
 EXAMPLE_TOKEN = "83_Xk2example"
 TOKEN_ROUTE = "/token/{platform}/{appid}"
 TICKET_ROUTE = "/ticket/{platform}/{appid}/{ticket_type}"
+CALLBACK_ROUTE = "/callback/{platform}/{appid}"
+AUTHORIZE_ROUTE = "/authorize/{platform}/{appid}"
 EXPIRES_IN_TEXT = "Whole seconds the hub will keep serving this value."
 
 Json = dict[str, Any]
@@ -63,7 +66,8 @@ _STATUS_TEXT = {
     500: "Anything unexpected (logged; no trace is sent).",
     502: "The platform refused: its errcode and message (never the secret). During a cooldown after a failed "
          "call, with `Retry-After`.",
-    503: "A store is unavailable, or another worker's refresh took too long (then with `Retry-After`).",
+    503: "A store is unavailable, another worker's refresh took too long (then with `Retry-After`), or a "
+         "third-party app's pushed ticket is awaited.",
     504: "The platform did not answer within `upstream_timeout`.",
 }
 
@@ -86,8 +90,11 @@ def document_for(app: Flask) -> Json:
     service = container.service
     ticket_types: dict[str, tuple[str, ...]] = {}
     appid_forms: dict[str, AppidForm] = {}
+    third_party: list[str] = []
     for name in service.platforms():
         provider = service.providers.get(name)
+        if isinstance(provider, CallbackProvider):
+            third_party.append(name)
         types = tuple(getattr(provider, "ticket_types", ()) or ())
         if types:
             ticket_types[name] = types
@@ -97,6 +104,7 @@ def document_for(app: Flask) -> Json:
         platforms=service.platforms(),
         ticket_types=ticket_types,
         appid_forms=appid_forms,
+        third_party=third_party,
         auth_required=bool(container.settings.auth_required),
         routes=app_routes(app),
     )
@@ -120,9 +128,10 @@ def openapi_path(rule: str) -> str:
 
 def build_document(*, platforms: Sequence[str], ticket_types: Mapping[str, Sequence[str]],
                    auth_required: bool, appid_forms: Mapping[str, AppidForm] | None = None,
-                   routes: Collection[Route] | None = None) -> Json:
+                   third_party: Sequence[str] = (), routes: Collection[Route] | None = None) -> Json:
     """The document for an app with these platforms (and, per platform, its
-    ticket types and appid form) that does or does not ask for a key. With
+    ticket types and appid form; ``third_party`` the ones that take pushed
+    callbacks and authorizations) that does or does not ask for a key. With
     ``routes``, only the operations of those routes are listed; without,
     every operation the service defines.
 
@@ -133,7 +142,8 @@ def build_document(*, platforms: Sequence[str], ticket_types: Mapping[str, Seque
     secured: list[Json] = [{"bearerAuth": []}, {"apiKeyAuth": []}] if auth_required else []
     forms = {name: (appid_forms or {}).get(name, AppidForm()) for name in platforms}
     paths: Json = {}
-    for route, path, method, operation in _operations(forms, ticket_types, auth_required, secured):
+    apps = [name for name in third_party if name in forms]
+    for route, path, method, operation in _operations(forms, ticket_types, apps, auth_required, secured):
         if routes is None or (route, method) in routes:
             paths.setdefault(path, {})[method] = operation
     return {
@@ -148,6 +158,8 @@ def build_document(*, platforms: Sequence[str], ticket_types: Mapping[str, Seque
         },
         "tags": [
             {"name": "tokens", "description": "Platform access tokens and tickets."},
+            {"name": "third-party", "description": "What third-party platforms push (tickets, authorizations), "
+                                                   "and the pages accounts authorize a third-party app on."},
             {"name": "operations", "description": "Health, readiness, metrics and the status page."},
             {"name": "meta", "description": "This document."},
         ],
@@ -157,13 +169,14 @@ def build_document(*, platforms: Sequence[str], ticket_types: Mapping[str, Seque
 
 
 def _description(auth_required: bool) -> str:
-    auth = ("This server requires an API key on the token, ticket and status-page routes: send "
+    auth = ("This server requires an API key on the token, ticket, authorization and status-page routes: send "
             "`Authorization: Bearer <key>` or `X-Api-Key: <key>`, and `/metrics` one with the `metrics` scope. "
-            "`/healthz`, `/readyz` and `/openapi.json` need none."
+            "`/healthz`, `/readyz` and `/openapi.json` need none, nor do third-party platforms' `/callback/...` "
+            "routes (the platform's signature authenticates them)."
             if auth_required else
-            "This server runs with `auth_required` off: no route needs a key. With it on, the token, ticket "
-            "and status-page routes take `Authorization: Bearer <key>` or `X-Api-Key: <key>`, and `/metrics` "
-            "a key with the `metrics` scope.")
+            "This server runs with `auth_required` off: no route needs a key. With it on, the token, ticket, "
+            "authorization and status-page routes take `Authorization: Bearer <key>` or `X-Api-Key: <key>`, "
+            "and `/metrics` a key with the `metrics` scope.")
     return (
         "Every JSON answer, errors included, is the envelope "
         '`{"code": <HTTP status>, "data": <token or null>, "error": "<message>"}`. '
@@ -181,7 +194,8 @@ def _version() -> str:
 
 
 # -- operations ------------------------------------------------------------------
-def _operations(forms: Mapping[str, AppidForm], ticket_types: Mapping[str, Sequence[str]], auth_required: bool,
+def _operations(forms: Mapping[str, AppidForm], ticket_types: Mapping[str, Sequence[str]],
+                third_party: Sequence[str], auth_required: bool,
                 secured: list[Json]) -> Iterable[tuple[str, str, str, Json]]:
     """``(route, path, method, operation)``: ``route`` is the Flask route
     (in OpenAPI form) the operation is served by."""
@@ -254,6 +268,7 @@ def _operations(forms: Mapping[str, AppidForm], ticket_types: Mapping[str, Seque
             "responses": _responses(_ok("The current ticket.", "Token"),
                                     [400, *unauthorized, 403, 404, 405, 429, 500, 502, 503, 504]),
         }
+    yield from _third_party_operations(forms, third_party, auth_required, secured)
     open_errors = [*([] if auth_required else [403]), 405, 500]
     # With keys, a key is looked up in the SQL store: 503 while it is down.
     keys_looked_up = [503] if auth_required else []
@@ -334,6 +349,117 @@ def _operations(forms: Mapping[str, AppidForm], ticket_types: Mapping[str, Seque
     }
 
 
+# What an authorization page takes besides redirect_uri, per platform: passed
+# on to the platform's page as they are.
+_AUTHORIZE_OPTIONS: dict[str, tuple[tuple[str, str, Json], ...]] = {
+    "wechat_component": (
+        ("auth_type", "Which accounts may authorize: 1 official accounts, 2 mini programs, 3 both "
+                      "(WeChat's own default when left out).", {"type": "string", "enum": ["1", "2", "3"]}),
+        ("biz_appid", "The one account that may authorize.", {"type": "string", "minLength": 1}),
+    ),
+    "wecom_suite": (
+        ("state", "Handed back to redirect_uri as it is.", {"type": "string"}),
+    ),
+}
+
+
+def _third_party_operations(forms: Mapping[str, AppidForm], third_party: Sequence[str], auth_required: bool,
+                            secured: list[Json]) -> Iterable[tuple[str, str, str, Json]]:
+    """The callback a third-party platform pushes to (no key: the platform
+    signs instead) and the authorization helpers (behind a key)."""
+    unauthorized = [401] if auth_required else []
+    local_only = [] if auth_required else [403]
+    request_id = {"$ref": "#/components/parameters/RequestId"}
+    signed: Json = {"401": {
+        "description": "The signature does not match (wrong callback token, or the message was altered), or "
+                       "the body does not decrypt with the EncodingAESKey; nothing is stored.",
+        "headers": _headers(),
+        "content": _json({"$ref": "#/components/schemas/Unauthorized"}),
+    }}
+    replied: Json = {"description": "`success` (or, for a URL check, the decrypted `echostr`), sent once what "
+                                    "the message carries is stored.",
+                     "headers": _headers(), "content": {"text/plain": {"schema": {"type": "string"}}}}
+    for platform in sorted(third_party):
+        form, name = forms[platform], _camel(platform)
+        appid = _param("appid", "path", f"The app's id on {platform} (as `platform add` stored it).",
+                       _appid_schema(form), example=form.example)
+        callback = f"/callback/{platform}/{{appid}}"
+        signature = [_param(field, "query", text, {"type": "string"}) for field, text in (
+            ("msg_signature", "The platform's signature of the message."), ("timestamp", "Signed with it."),
+            ("nonce", "Signed with it."))]
+        # Exchanging a pushed authorization code is a platform call: 502/504.
+        pushed = [400, *local_only, 404, 405, 500, 502, 503, 504]
+        yield CALLBACK_ROUTE, callback, "get", {
+            "tags": ["third-party"],
+            "operationId": f"check{name}CallbackUrl",
+            "summary": f"{platform}: the callback URL check",
+            "description": "For platforms that check the URL with a GET (WeCom: the signed, encrypted `echostr`, "
+                           "answered decrypted). A platform that only posts answers 405 with `Allow: POST`. "
+                           "No key: the signature authenticates.",
+            "parameters": [appid, *signature,
+                           _param("echostr", "query", "The encrypted string to answer decrypted.",
+                                  {"type": "string"}), request_id],
+            "security": [],
+            "responses": _responses(replied, [400, *local_only, 404, 405, 500, 503], signed),
+        }
+        yield CALLBACK_ROUTE, callback, "post", {
+            "tags": ["third-party"],
+            "operationId": f"push{name}Callback",
+            "summary": f"{platform}: what the platform pushes",
+            "description": "The platform's encrypted XML message: a ticket (stored; an older one never replaces "
+                           "a newer), an authorization (its code exchanged at once, the grant and the account's "
+                           "token stored), a change, or a removal (the account and its tokens forgotten). "
+                           "Redeliveries are idempotent; unknown events are acknowledged. XML entities are not "
+                           "expanded: malformed XML is 400. No key: the signature authenticates.",
+            "parameters": [appid, *signature, request_id],
+            # Read as raw bytes whatever the Content-Type (the platforms send text/xml); declared as
+            # octet-stream because client generators (openapi-python-client) cannot type an XML body.
+            "requestBody": {"required": True,
+                            "description": "The platform's XML envelope (`<xml><Encrypt>...`), as it sends it "
+                                           "(text/xml); the body is read whatever its Content-Type.",
+                            "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                "format": "binary"}}}},
+            "security": [],
+            "responses": _responses(replied, sorted([*pushed, 413]), signed),
+        }
+        authorize = f"/authorize/{platform}/{{appid}}"
+        options = [_param(option, "query", text, schema) for option, text, schema in _AUTHORIZE_OPTIONS.get(
+            platform, ())]
+        yield AUTHORIZE_ROUTE, authorize, "get", {
+            "tags": ["third-party"],
+            "operationId": f"get{name}AuthorizationUrl",
+            "summary": f"{platform}: the page an account authorizes the app on",
+            "description": "A fresh pre-auth code from the platform, in the URL of its authorization page; the "
+                           "page sends the account back to `redirect_uri` with `auth_code`. The key's scope "
+                           f"must cover the app (`{platform}:<appid>`).",
+            "parameters": [
+                appid,
+                _param("redirect_uri", "query", "The http(s) page the platform sends the account back to.",
+                       {"type": "string", "pattern": "^https?://"}, example="https://example.com/authorized",
+                       required=True),
+                *options, request_id],
+            "security": secured,
+            "responses": _responses(_ok("The authorization page's URL.", "AuthorizationUrl"),
+                                    [400, *unauthorized, 403, 404, 405, 500, 502, 503, 504]),
+        }
+        yield AUTHORIZE_ROUTE, authorize, "post", {
+            "tags": ["third-party"],
+            "operationId": f"authorize{name}Account",
+            "summary": f"{platform}: exchange the code an authorization page redirected with",
+            "description": "For when the platform's push is late or lost: the code is exchanged now and the "
+                           "account's grant and token stored, as a pushed authorization would be. The key's "
+                           f"scope must cover the app (`{platform}:<appid>`).",
+            "parameters": [appid, request_id],
+            "requestBody": {"required": True, "description": "The `auth_code` the page redirected with.",
+                            "content": {"application/json": {
+                                "schema": {"$ref": "#/components/schemas/AuthCode"},
+                                "example": {"auth_code": "queryauthcode@@@example"}}}},
+            "security": secured,
+            "responses": _responses(_ok("The account that authorized.", "AuthorizedAccount"),
+                                    [400, *unauthorized, 403, 404, 405, 413, 500, 502, 503, 504]),
+        }
+
+
 def _camel(platform: str) -> str:
     """``feishu_app`` -> ``FeishuApp``, for operation ids."""
     return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", platform) if part)
@@ -344,8 +470,8 @@ def _appid_schema(form: AppidForm) -> Json:
 
 
 def _param(name: str, where: str, description: str, schema: Json, *, deprecated: bool = False,
-           example: str | None = None) -> Json:
-    param: Json = {"name": name, "in": where, "required": where == "path", "description": description,
+           example: str | None = None, required: bool = False) -> Json:
+    param: Json = {"name": name, "in": where, "required": required or where == "path", "description": description,
                    "schema": schema}
     if deprecated:
         param["deprecated"] = True
@@ -430,6 +556,21 @@ def _components() -> Json:
                 extra={"expires_in": {"type": "integer", "minimum": 0, "description": EXPIRES_IN_TEXT}},
                 required_extra=("expires_in",),
             ),
+            "AuthorizationUrl": _envelope_schema(
+                "The authorization page: `data` is its URL, with a fresh pre-auth code.",
+                code=ok_code, data={"type": "string", "minLength": 1, "format": "uri"}, error=no_error,
+            ),
+            "AuthorizedAccount": _envelope_schema(
+                "`data` is the id of the account that authorized (its tokens are at "
+                "`<app id>:<account id>` on the account platform).",
+                code=ok_code, data={"type": "string", "minLength": 1}, error=no_error,
+            ),
+            "AuthCode": {
+                "type": "object",
+                "description": "A code an authorization page redirected with.",
+                "required": ["auth_code"],
+                "properties": {"auth_code": {"type": "string", "minLength": 1}},
+            },
             "Ok": _envelope_schema(
                 "A successful answer of `/healthz` (`ok`) or `/readyz` (`ready`).",
                 code=ok_code, data={"type": "string", "minLength": 1}, error=no_error,

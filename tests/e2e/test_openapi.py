@@ -26,6 +26,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from pighand_token.adapters.sql import Database, SqlClients
 from pighand_token.core.auth import hash_key, new_key
+from pighand_token.core.callbacks import CallbackProvider
 from pighand_token.core.domain import Client
 from pighand_token.core.errors import BadRequest
 from pighand_token.web.openapi import build_document
@@ -89,7 +90,7 @@ def params(doc: dict[str, Any], op: dict[str, Any]) -> dict[str, dict[str, Any]]
 
 def route_of(path: str) -> str:
     """``/token/wechat/{appid}`` -> the Flask route ``/token/{platform}/{appid}``."""
-    return re.sub(r"^/(token|ticket)/[^/{}]+/", r"/\1/{platform}/", path)
+    return re.sub(r"^/(token|ticket|callback|authorize)/[^/{}]+/", r"/\1/{platform}/", path)
 
 
 def token_paths(platform: str) -> tuple[str, str]:
@@ -151,13 +152,44 @@ def test_each_platform_has_its_own_paths_and_appid_form(make_app: Any) -> None:
         if example is not None:
             assert re.fullmatch(schema["pattern"].strip("^$"), example)
             service.key(platform, example)
-        assert ((ticket, "get") in ops) == (platform == "wechat"), platform
+        assert ((ticket, "get") in ops) == (platform in ("wechat", "wechat_authorizer")), platform
     assert patterns["wechat"] == "^(?:[A-Za-z0-9_.:-]{1,128})$"
     assert patterns["wecom"] == "^(?:[A-Za-z0-9_.-]+:[0-9]+)$"
     assert patterns["alipay"] == "^(?:[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+)$"
     assert patterns["dingtalk"] == "^(?:[A-Za-z0-9_.-]{1,128})$"
+    assert patterns["wechat_authorizer"] == "^(?:[A-Za-z0-9_.-]{1,63}:[A-Za-z0-9_.-]{1,64})$"
     ticket = params(doc, ops[(token_paths("wechat")[1], "get")])
     assert ticket["ticket_type"]["schema"]["enum"] == ["jsapi", "wx_card"]
+
+
+def test_third_party_platforms_have_their_callback_and_authorization_routes(make_app: Any) -> None:
+    app = make_app(auth_required=True)
+    doc = document(app)
+    ops = operations(doc)
+    providers = app.extensions["pighand"].service.providers
+    third_party = {name for name, provider in providers.items() if isinstance(provider, CallbackProvider)}
+    assert "wechat_component" in third_party and "wechat_authorizer" not in third_party
+    for prefix in ("callback", "authorize"):
+        assert {path.split("/")[2] for path, _ in ops if path.startswith(f"/{prefix}/")} == third_party
+    callback, authorize = "/callback/wechat_component/{appid}", "/authorize/wechat_component/{appid}"
+    pushed = ops[(callback, "post")]
+    assert pushed["security"] == [] and set(pushed["requestBody"]["content"]) == {"application/octet-stream"}
+    assert set(pushed["responses"]["200"]["content"]) == {"text/plain"}
+    assert set(pushed["responses"]) == {"200", "400", "401", "404", "405", "413", "500", "502", "503", "504"}
+    # A signature, not a key: no WWW-Authenticate on its 401.
+    assert "WWW-Authenticate" not in resolve(doc, pushed["responses"]["401"])["headers"]
+    assert "405" in ops[(callback, "get")]["responses"] and "echostr" in params(doc, ops[(callback, "get")])
+    page = ops[(authorize, "get")]
+    query = params(doc, page)
+    assert query["redirect_uri"]["required"] is True and query["redirect_uri"]["in"] == "query"
+    assert {"redirect_uri", "auth_type", "biz_appid"} <= set(query)
+    assert resolve(doc, page["responses"]["200"]["content"]["application/json"]["schema"])["properties"][
+        "data"]["format"] == "uri"
+    exchange = ops[(authorize, "post")]
+    body = resolve(doc, exchange["requestBody"]["content"]["application/json"]["schema"])
+    assert body["required"] == ["auth_code"]
+    for op in (page, exchange):
+        assert op["security"] == [{"bearerAuth": []}, {"apiKeyAuth": []}] and "401" in op["responses"]
 
 
 @pytest.mark.parametrize("platform", ["wechat", "wecom", "alipay", "dingtalk", "feishu"])
@@ -266,9 +298,11 @@ def test_keys_are_asked_for_only_when_auth_is_required(make_app: Any) -> None:
         assert (schemes["apiKeyAuth"]["in"], schemes["apiKeyAuth"]["name"]) == ("header", "X-Api-Key")
         assert "security" not in doc
         for (path, _), op in operations(doc).items():
-            keyed = auth_required and path not in NO_KEY_PATHS
+            # A platform cannot send a key: its callbacks are authenticated by their signature (401 if bad).
+            signed = path.startswith("/callback/")
+            keyed = auth_required and path not in NO_KEY_PATHS and not signed
             assert op["security"] == ([{"bearerAuth": []}, {"apiKeyAuth": []}] if keyed else []), path
-            assert ("401" in op["responses"]) == keyed, path
+            assert ("401" in op["responses"]) == (keyed or signed), path
         assert ("requires an API key" in doc["info"]["description"]) == auth_required
 
 

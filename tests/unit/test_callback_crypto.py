@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.enterprise.crypto import WeChatCrypto as WeComCrypto
 
-from pighand_token.core.errors import BadRequest, Forbidden, SettingsError
+from pighand_token.core.errors import BadRequest, SettingsError
 from pighand_token.providers.callback_crypto import (
     CallbackRejected,
     MalformedCallback,
@@ -345,8 +345,8 @@ def test_truncated_odd_sized_and_non_base64_ciphertexts_are_refused() -> None:
         assert_keeps_secrets(caught.value)
 
 
-def test_the_refusals_are_403_and_malformed_bodies_400() -> None:
-    assert issubclass(CallbackRejected, Forbidden) and CallbackRejected("x").status == 403
+def test_the_refusals_are_401_and_malformed_bodies_400() -> None:
+    assert CallbackRejected("x").status == 401 and "WWW-Authenticate" not in CallbackRejected("x").headers
     assert issubclass(MalformedCallback, BadRequest) and MalformedCallback("x").status == 400
 
 

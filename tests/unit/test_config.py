@@ -58,6 +58,7 @@ DOCUMENTED_DEFAULTS: list[tuple[str, Any]] = [
     ("wechat_api_base", "https://api.weixin.qq.com"),
     ("wechat_token_mode", "stable"),
     ("upstream_timeout", 5),
+    ("refresh_rate_limit", 20),
 ]
 
 
@@ -269,6 +270,9 @@ def test_upstream_timeout_env_var_becomes_a_float(
     ("PIGHAND_UPSTREAM_TIMEOUT", "0", "upstream_timeout", "> 0"),
     ("PIGHAND_UPSTREAM_TIMEOUT", "nan", "upstream_timeout", "> 0"),
     ("PIGHAND_LOCAL_CACHE_TTL", "-1", "local_cache_ttl", ">= 0"),
+    ("PIGHAND_REFRESH_RATE_LIMIT", "0", "refresh_rate_limit", ">= 1"),
+    ("PIGHAND_REFRESH_RATE_LIMIT", "2.5", "refresh_rate_limit", "whole number"),
+    ("PIGHAND_REFRESH_RATE_LIMIT", "20000", "refresh_rate_limit", "<= 10000"),
     ("PIGHAND_LOG_LEVEL", "loud", "log_level", "debug, info, warning, error, critical"),
     ("PIGHAND_TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal", "trusted_proxies", "CIDR networks"),
     ("PIGHAND_ENV", "staging", "PIGHAND_ENV", "development, testing, production"),

@@ -73,8 +73,12 @@ class FakeProvider:
     delay_s: float = 0.0
     _current: Token | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    credential_platform: str | None = None
 
     def appid_error(self, appid: str) -> str | None:
+        return None
+
+    def account_error(self, appid: str) -> str | None:
         return None
 
     def credential_appid(self, appid: str) -> str:

@@ -1,0 +1,265 @@
+"""What a third-party platform pushes to its callback, and what the service
+does with it.
+
+A provider opens a callback (signature, decryption, the platform's message
+shape) into one of the messages below; :class:`Callbacks` stores what it
+carries durably and only then lets the edge answer ``success``. A platform
+that does not get its ``success`` delivers the message again, so every step
+is idempotent: a redelivered ticket is ignored when a later one is stored, a
+redelivered authorization is recognised by its code and not exchanged twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Protocol, runtime_checkable
+
+from .audit import Audit
+from .domain import AccountGrant, Credential, PushedTicket, Token, TokenKey
+from .errors import NotFound, UnknownApp, UpstreamError
+from .ports import AccountGrants, Clock, CredentialRepository, TicketStore
+from .service import TokenService
+
+log = logging.getLogger(__name__)
+
+
+# -- messages ------------------------------------------------------------------
+@dataclass(frozen=True)
+class UrlCheck:
+    """The platform checks the callback URL: answer ``echo`` as it is."""
+
+    echo: str
+
+
+@dataclass(frozen=True)
+class TicketPushed:
+    ticket: PushedTicket
+
+
+@dataclass(frozen=True)
+class AccountAuthorized:
+    """An account authorized the app, or changed what it granted: ``code``
+    is exchanged at once for the account's grant and token."""
+
+    event: str
+    account: str
+    code: str = ""  # empty: the platform named the account only (recorded as such)
+    # When the platform wrote the message (its clock: WeChat's CreateTime):
+    # orders a late redelivery against what came since. None: not known.
+    created_at: float | None = None
+
+
+@dataclass(frozen=True)
+class AccountChanged:
+    """An account changed its authorization without handing over a code."""
+
+    event: str
+    account: str
+
+
+@dataclass(frozen=True)
+class AccountRemoved:
+    event: str
+    account: str
+    created_at: float | None = None  # as for AccountAuthorized
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """An event this service has no use for: acknowledged and logged."""
+
+    event: str
+
+
+CallbackMessage = UrlCheck | TicketPushed | AccountAuthorized | AccountChanged | AccountRemoved | Ignored
+
+
+@dataclass(frozen=True)
+class CallbackReply:
+    body: str
+    content_type: str = "text/plain; charset=utf-8"
+
+
+@runtime_checkable
+class CallbackProvider(Protocol):
+    """A provider whose platform pushes to a callback (the app's own
+    platform: wechat_component, wecom_suite)."""
+
+    platform: str
+    # The token platform of the app's accounts (wechat_authorizer, wecom_corp).
+    account_platform: str
+
+    def open_callback(self, credential: Credential, method: str, query: Mapping[str, str],
+                      body: bytes) -> CallbackMessage:
+        """Authenticate and decrypt one callback (CallbackRejected: 401;
+        MalformedCallback: 400) and say what it carries."""
+
+    def reply(self, credential: Credential, text: str) -> CallbackReply:
+        """The answer the platform expects for ``text`` (``success``)."""
+
+    def exchange(self, credential: Credential, code: str) -> tuple[AccountGrant, Token]:
+        """Trade an authorization code for the account's grant and token."""
+
+    def authorization_url(self, credential: Credential, redirect_uri: str, options: Mapping[str, str]) -> str:
+        """The page an account authorizes the app on, with a fresh pre-auth code."""
+
+
+def code_digest(code: str) -> str:
+    """What a grant remembers of the code it came from: enough to know a
+    redelivery, nothing that could be used."""
+    return hashlib.sha256(code.encode()).hexdigest()[:32]
+
+
+class Callbacks:
+    def __init__(self, *, service: TokenService, credentials: CredentialRepository, tickets: TicketStore,
+                 grants: AccountGrants, audit: Audit, clock: Clock) -> None:
+        self.service = service
+        self.credentials = credentials
+        self.tickets = tickets
+        self.grants = grants
+        self.audit = audit
+        self.clock = clock
+
+    def handle(self, platform: str, appid: str, method: str, query: Mapping[str, str], body: bytes,
+               *, request_id: str | None = None, remote_addr: str | None = None) -> CallbackReply:
+        provider, credential = self._app(platform, appid)
+        message = provider.open_callback(credential, method, query, body)
+        where = dict(platform=platform, appid=appid, request_id=request_id, remote_addr=remote_addr)
+        if isinstance(message, UrlCheck):
+            return CallbackReply(message.echo)
+        if isinstance(message, TicketPushed):
+            self._ticket(message.ticket)
+        elif isinstance(message, AccountAuthorized):
+            self._authorized(provider, credential, message, where)
+        elif isinstance(message, AccountRemoved):
+            self._removed(provider, appid, message, where)
+        elif isinstance(message, AccountChanged):
+            log.info("%s/%s: %s for account %s (nothing to store)", platform, appid, message.event,
+                     message.account)
+        else:
+            log.info("%s/%s: acknowledged an event this service does not use: %s", platform, appid,
+                     message.event)
+        return provider.reply(credential, "success")
+
+    def _ticket(self, ticket: PushedTicket) -> None:
+        if self.tickets.offer(ticket):
+            log.info("%s/%s: stored the ticket pushed at %.0f", ticket.platform, ticket.appid, ticket.created_at)
+            # A rest after the platform refused the previous ticket is over:
+            # this one is what the app was waiting for.
+            self.service.clear_cooldown(TokenKey(ticket.platform, ticket.appid))
+        else:
+            log.info("%s/%s: a ticket pushed at %.0f arrived after a later one; kept the later one",
+                     ticket.platform, ticket.appid, ticket.created_at)
+
+    def _authorized(self, provider: CallbackProvider, credential: Credential, message: AccountAuthorized,
+                    where: dict[str, str | None]) -> None:
+        stored = self.grants.get(provider.account_platform, credential.appid, message.account)
+        if stored is not None and _info(stored).get("code_digest") == code_digest(message.code):
+            log.info("%s/%s: %s for %s delivered again; already stored", credential.platform, credential.appid,
+                     message.event, message.account)
+            return
+        if _older(message.created_at, stored):
+            # A redelivery of an authorization a later one has replaced: its
+            # code is spent (61009), and the stored grant is the newer one.
+            log.info("%s/%s: %s for %s written at %.0f arrived after a later one; kept the later one",
+                     credential.platform, credential.appid, message.event, message.account, message.created_at)
+            return
+        self._exchange(provider, credential, message.code, message.event, where, created_at=message.created_at)
+
+    def _exchange(self, provider: CallbackProvider, credential: Credential, code: str, event: str,
+                  where: Mapping[str, str | None], *, created_at: float | None = None) -> str:
+        """Trade ``code`` for the account's grant and token and store both;
+        the account."""
+        owner = credential.appid
+        # Counted and logged as the app's call: the account is not known yet.
+        grant, token = self.service.platform_call(TokenKey(credential.platform, owner),
+                                                  lambda: provider.exchange(credential, code))
+        stored = self.grants.get(provider.account_platform, owner, grant.account)
+        info = {**_info(grant), "code_digest": code_digest(code), "event": event}
+        since = _info(stored).get("created_at") if stored is not None else None
+        if created_at is None and isinstance(since, int | float):
+            # A code the platform did not date (from a redirect) is newer
+            # than the push the stored grant came from: keep that bound.
+            created_at = since
+        if created_at is not None:
+            info["created_at"] = created_at
+        if stored is not None:
+            grant = replace(grant, authorized_at=stored.authorized_at)
+        grant = replace(grant, info=json.dumps(info, ensure_ascii=False, sort_keys=True))
+        # The grant first: it is the only copy, and the token is made again from it.
+        self.grants.save(grant)
+        self.service.install(provider.account_platform, grant.token_appid, token)
+        self.audit.record(f"callback.{event}", f"account {grant.account} stored", **where)
+        return grant.account
+
+    # -- the authorization helpers (API, behind a key) ------------------------
+    def authorization_url(self, platform: str, appid: str, redirect_uri: str,
+                          options: Mapping[str, str]) -> str:
+        provider, credential = self._app(platform, appid)
+        return provider.authorization_url(credential, redirect_uri, options)
+
+    def authorize(self, platform: str, appid: str, code: str, **where: str | None) -> str:
+        """Exchange a code an authorization page redirected with (for when
+        the platform's push is late or lost); the account it authorized."""
+        provider, credential = self._app(platform, appid)
+        try:
+            return self._exchange(provider, credential, code, "auth_code", {**where, "platform": platform,
+                                                                             "appid": appid})
+        except UpstreamError:
+            # The platform pushes the same code it redirects with: when the
+            # push came first, the code is spent (WeChat 61009) and its grant
+            # is stored. Looked for only now: it means reading every grant.
+            digest = code_digest(code)
+            for grant in self.grants.list(provider.account_platform, appid):
+                if _info(grant).get("code_digest") == digest:
+                    log.info("%s/%s: the code for %s was exchanged already (its push came first)", platform,
+                             appid, grant.account)
+                    return grant.account
+            raise
+
+    def _app(self, platform: str, appid: str) -> tuple[CallbackProvider, Credential]:
+        provider = self.service.providers.get(platform)
+        if not isinstance(provider, CallbackProvider):
+            raise NotFound(f"{platform} is not a third-party platform (wechat_component, wecom_suite)")
+        credential = self.credentials.get(platform, appid)
+        if credential is None:
+            raise UnknownApp(platform, appid)
+        return provider, credential
+
+    def _removed(self, provider: CallbackProvider, owner: str, message: AccountRemoved,
+                 where: dict[str, str | None]) -> None:
+        stored = self.grants.get(provider.account_platform, owner, message.account)
+        if _older(message.created_at, stored):
+            # Delivered again after the account authorized anew: forgetting
+            # it now would force a re-authorization nobody asked for.
+            log.info("%s/%s: %s for %s written at %.0f arrived after a later authorization; kept the account",
+                     provider.platform, owner, message.event, message.account, message.created_at)
+            return
+        removed = self.grants.remove(provider.account_platform, owner, message.account)
+        appid = f"{owner}:{message.account}"
+        self.service.forget(provider.account_platform, appid)
+        for ticket_type in getattr(self.service.providers[provider.account_platform], "ticket_types", ()):
+            self.service.forget(f"{provider.account_platform}_{ticket_type}_ticket", appid)
+        self.audit.record(f"callback.{message.event}",
+                          f"account {message.account} {'forgotten' if removed else 'was not stored'}", **where)
+
+
+def _older(created_at: float | None, stored: AccountGrant | None) -> bool:
+    """Whether a message written at ``created_at`` predates the message the
+    stored grant came from (both on the platform's clock)."""
+    if created_at is None or stored is None:
+        return False
+    since = _info(stored).get("created_at")
+    return isinstance(since, int | float) and created_at < since
+
+
+def _info(grant: AccountGrant) -> dict[str, object]:
+    try:
+        info = json.loads(grant.info or "{}")
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}

@@ -1,0 +1,114 @@
+"""What the third-party (ISV) providers share: the credential of an app
+whose platform pushes to a callback, and waiting for a pushed ticket.
+
+Such a credential has three secrets: the app's secret, and the callback's
+Token and EncodingAESKey (platform-facts §7.1). They are kept as one JSON
+object in the credential's secret column, so they are sealed, rotated and
+kept out of listings like every other secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..core.domain import PushedTicket
+from ..core.errors import BadRequest, Unavailable, UpstreamError
+from ..core.ports import Clock, Counters, TicketStore
+from .callback_crypto import MessageCrypto
+
+log = logging.getLogger(__name__)
+
+# Asking the platform to push a ticket now: at most once a minute per app,
+# across every worker and instance.
+PUSH_REQUEST_WINDOW_S = 60
+
+
+@dataclass(frozen=True)
+class AppSecrets:
+    secret: str = field(repr=False)
+    callback_token: str = field(repr=False)
+    encoding_aes_key: str = field(repr=False)
+
+    def encode(self) -> str:
+        return json.dumps({"secret": self.secret, "callback_token": self.callback_token,
+                           "encoding_aes_key": self.encoding_aes_key}, sort_keys=True)
+
+    @classmethod
+    def parse(cls, stored: str, platform: str) -> AppSecrets:
+        """The three secrets of a stored credential, or BadRequest saying
+        how to add it (never echoing what was stored)."""
+        try:
+            fields = json.loads(stored)
+        except ValueError:
+            fields = None
+        if not isinstance(fields, dict) or not all(
+                isinstance(fields.get(name), str) and fields[name]
+                for name in ("secret", "callback_token", "encoding_aes_key")):
+            raise BadRequest(f"a {platform} credential holds the app secret, the callback token and the "
+                             f"EncodingAESKey: add it with 'pighand-token platform add {platform} <appid> "
+                             "--secret ... --callback-token ... --encoding-aes-key ...'")
+        return cls(fields["secret"], fields["callback_token"], fields["encoding_aes_key"])
+
+    def crypto(self, receive_id: str) -> MessageCrypto:
+        return MessageCrypto(self.callback_token, self.encoding_aes_key, receive_id)
+
+
+def check_app_secrets(platform: str, appid: str, stored: str) -> None:
+    """Refuse a credential whose callback key cannot be used (BadRequest)."""
+    secrets = AppSecrets.parse(stored, platform)
+    try:
+        secrets.crypto(appid)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+class AwaitingTicket(Unavailable):
+    """No valid pushed ticket yet: the app's token cannot be made."""
+
+
+@dataclass
+class TicketWait:
+    """Finds an app's current pushed ticket, or asks the platform to push one
+    (at most once a minute across the deployment) and says it is awaited."""
+
+    platform: str
+    ticket_name: str  # component_verify_ticket, suite_ticket
+    tickets: TicketStore | None
+    counters: Counters | None
+    clock: Clock
+
+    def current(self, appid: str, ask: Callable[[], None]) -> PushedTicket:
+        ticket = self.tickets.latest(self.platform, appid) if self.tickets is not None else None
+        now = self.clock()
+        if ticket is not None and ticket.valid(now):
+            return ticket
+        asked = self.ask(appid, ask, now)
+        state = "none has been received" if ticket is None else "the last one received has expired"
+        raise AwaitingTicket(
+            f"{self.platform} {appid}: waiting for the platform to push a {self.ticket_name} to "
+            f"/callback/{self.platform}/{appid} ({state}); {asked}", retry_after_s=PUSH_REQUEST_WINDOW_S)
+
+    def ask(self, appid: str, ask: Callable[[], None], now: float) -> str:
+        """Call ``ask`` (the platform's push-a-ticket-now API) unless some
+        worker did within the minute; what happened, for the caller's message."""
+        window = math.floor(now / PUSH_REQUEST_WINDOW_S) * PUSH_REQUEST_WINDOW_S
+        if self.counters is not None:
+            try:
+                wait_s = self.counters.hit(f"ticket-push:{self.platform}:{appid}", limit=1, window_start=window,
+                                           window_end=window + PUSH_REQUEST_WINDOW_S, now=now)
+            except Unavailable:
+                wait_s = None
+            if wait_s is not None:
+                return "the platform was asked to push one less than a minute ago"
+        try:
+            ask()
+        except UpstreamError as exc:
+            log.warning("%s %s: asking the platform to push a %s failed: %s", self.platform, appid,
+                        self.ticket_name, exc.message)
+            return f"asking the platform to push one failed: {exc.message}"
+        log.info("%s %s: asked the platform to push a %s", self.platform, appid, self.ticket_name)
+        return "the platform was asked to push one now"
