@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 from .audit import Audit
@@ -29,10 +29,23 @@ log = logging.getLogger(__name__)
 
 # -- messages ------------------------------------------------------------------
 @dataclass(frozen=True)
+class CallbackRequest:
+    """One callback as the edge received it."""
+
+    method: str
+    query: Mapping[str, str]
+    # Header names in lower case (Feishu signs with X-Lark-* headers).
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
 class UrlCheck:
     """The platform checks the callback URL: answer ``echo`` as it is."""
 
     echo: str
+    # Feishu wants its challenge back as JSON, DingTalk an encrypted JSON.
+    content_type: str = "text/plain; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,19 @@ class AccountAuthorized:
     # When the platform wrote the message (its clock: WeChat's CreateTime):
     # orders a late redelivery against what came since. None: not known.
     created_at: float | None = None
+
+
+@dataclass(frozen=True)
+class AccountSeen:
+    """An account installed the app, or showed up in an event, with no code
+    to exchange: it is recorded (``secret``: what the platform handed over
+    for it, if anything) and its token is made from the app's own."""
+
+    event: str
+    account: str
+    secret: str = field(default="", repr=False)
+    info: Mapping[str, object] = field(default_factory=dict)
+    created_at: float | None = None  # as for AccountAuthorized
 
 
 @dataclass(frozen=True)
@@ -75,7 +101,8 @@ class Ignored:
     event: str
 
 
-CallbackMessage = UrlCheck | TicketPushed | AccountAuthorized | AccountChanged | AccountRemoved | Ignored
+CallbackMessage = (UrlCheck | TicketPushed | AccountAuthorized | AccountSeen | AccountChanged | AccountRemoved
+                   | Ignored)
 
 
 @dataclass(frozen=True)
@@ -93,8 +120,7 @@ class CallbackProvider(Protocol):
     # The token platform of the app's accounts (wechat_authorizer, wecom_corp).
     account_platform: str
 
-    def open_callback(self, credential: Credential, method: str, query: Mapping[str, str],
-                      body: bytes) -> CallbackMessage:
+    def open_callback(self, credential: Credential, request: CallbackRequest) -> CallbackMessage:
         """Authenticate and decrypt one callback (CallbackRejected: 401;
         MalformedCallback: 400) and say what it carries."""
 
@@ -124,17 +150,19 @@ class Callbacks:
         self.audit = audit
         self.clock = clock
 
-    def handle(self, platform: str, appid: str, method: str, query: Mapping[str, str], body: bytes,
-               *, request_id: str | None = None, remote_addr: str | None = None) -> CallbackReply:
+    def handle(self, platform: str, appid: str, request: CallbackRequest, *, request_id: str | None = None,
+               remote_addr: str | None = None) -> CallbackReply:
         provider, credential = self._app(platform, appid)
-        message = provider.open_callback(credential, method, query, body)
+        message = provider.open_callback(credential, request)
         where = dict(platform=platform, appid=appid, request_id=request_id, remote_addr=remote_addr)
         if isinstance(message, UrlCheck):
-            return CallbackReply(message.echo)
+            return CallbackReply(message.echo, message.content_type)
         if isinstance(message, TicketPushed):
             self._ticket(message.ticket)
         elif isinstance(message, AccountAuthorized):
             self._authorized(provider, credential, message, where)
+        elif isinstance(message, AccountSeen):
+            self.record(provider, credential.appid, message, where)
         elif isinstance(message, AccountRemoved):
             self._removed(provider, appid, message, where)
         elif isinstance(message, AccountChanged):
@@ -196,6 +224,30 @@ class Callbacks:
         self.audit.record(f"callback.{event}", f"account {grant.account} stored", **where)
         return grant.account
 
+    def record(self, provider: CallbackProvider, owner: str, message: AccountSeen,
+               where: Mapping[str, str | None]) -> bool:
+        """Store an account the platform named without a code to exchange
+        (a redelivery, or the same account again, changes nothing but what
+        it hands over); whether anything was written."""
+        stored = self.grants.get(provider.account_platform, owner, message.account)
+        if _older(message.created_at, stored):
+            log.info("%s/%s: %s for %s written at %.0f arrived after a later one; kept the later one",
+                     provider.platform, owner, message.event, message.account, message.created_at)
+            return False
+        info: dict[str, object] = {**(_info(stored) if stored is not None else {}), **message.info,
+                                   "event": message.event}
+        if message.created_at is not None:
+            info["created_at"] = message.created_at
+        encoded = json.dumps(info, ensure_ascii=False, sort_keys=True)
+        if stored is not None and stored.secret == message.secret and stored.info == encoded:
+            return False
+        now = self.clock()
+        self.grants.save(AccountGrant(provider.account_platform, owner, message.account, message.secret, encoded,
+                                      stored.authorized_at if stored is not None else now, now))
+        if stored is None:
+            self.audit.record(f"callback.{message.event}", f"account {message.account} recorded", **where)
+        return True
+
     # -- the authorization helpers (API, behind a key) ------------------------
     def authorization_url(self, platform: str, appid: str, redirect_uri: str,
                           options: Mapping[str, str]) -> str:
@@ -224,7 +276,9 @@ class Callbacks:
     def _app(self, platform: str, appid: str) -> tuple[CallbackProvider, Credential]:
         provider = self.service.providers.get(platform)
         if not isinstance(provider, CallbackProvider):
-            raise NotFound(f"{platform} is not a third-party platform (wechat_component, wecom_suite)")
+            known = ", ".join(name for name, candidate in self.service.providers.items()
+                              if isinstance(candidate, CallbackProvider))
+            raise NotFound(f"{platform} is not a third-party platform ({known})")
         credential = self.credentials.get(platform, appid)
         if credential is None:
             raise UnknownApp(platform, appid)

@@ -27,6 +27,7 @@ from ..core.callbacks import (
     AccountRemoved,
     CallbackMessage,
     CallbackReply,
+    CallbackRequest,
     Ignored,
     TicketPushed,
 )
@@ -143,8 +144,8 @@ class WeChatComponentProvider(_WeChatThirdParty):
             raise self._third_party_error(errcode, str(body.get("errmsg", "")), [secrets.secret])
 
     # -- the callback ------------------------------------------------------------
-    def open_callback(self, credential: Credential, method: str, query: Mapping[str, str],
-                      body: bytes) -> CallbackMessage:
+    def open_callback(self, credential: Credential, request: CallbackRequest) -> CallbackMessage:
+        method, query, body = request.method, request.query, request.body
         if method != "POST":
             raise MethodRefused("WeChat posts its authorization events; this URL takes POST only", ("POST",))
         secrets = AppSecrets.parse(credential.secret, self.platform)

@@ -34,6 +34,7 @@ from ..core.callbacks import (
     AccountRemoved,
     CallbackMessage,
     CallbackReply,
+    CallbackRequest,
     Ignored,
     TicketPushed,
     UrlCheck,
@@ -197,8 +198,8 @@ class WeComSuiteProvider(_WeComService):
         return self._token(body, "suite_access_token", started)
 
     # -- the instruction callback -------------------------------------------------
-    def open_callback(self, credential: Credential, method: str, query: Mapping[str, str],
-                      body: bytes) -> CallbackMessage:
+    def open_callback(self, credential: Credential, request: CallbackRequest) -> CallbackMessage:
+        method, query, body = request.method, request.query, request.body
         if method not in ("GET", "POST"):
             raise MethodRefused("WeCom posts its instructions; this URL takes GET (URL check) and POST",
                                 ("GET", "POST"))

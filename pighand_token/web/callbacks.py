@@ -14,6 +14,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ..core.callbacks import CallbackRequest
+
 bp = Blueprint("callbacks", __name__)
 
 
@@ -38,6 +40,8 @@ def _body() -> bytes:
 def callback(platform: str, appid: str) -> Response:
     container: Any = current_app.extensions["pighand"]
     body = _body() if request.method == "POST" else b""
-    reply = container.callbacks.handle(platform, appid, request.method, request.args.to_dict(), body,
-                                       request_id=g.get("request_id"), remote_addr=request.remote_addr)
+    received = CallbackRequest(request.method, request.args.to_dict(),
+                               {name.lower(): value for name, value in request.headers.items()}, body)
+    reply = container.callbacks.handle(platform, appid, received, request_id=g.get("request_id"),
+                                       remote_addr=request.remote_addr)
     return Response(reply.body, content_type=reply.content_type)
