@@ -119,6 +119,15 @@ class CallbackProvider(Protocol):
     platform: str
     # The token platform of the app's accounts (wechat_authorizer, wecom_corp).
     account_platform: str
+    # The callback's own secrets besides the app secret, as ``platform add``
+    # names its options (callback-token, encoding-aes-key), and those of
+    # them that may be empty.
+    callback_secrets: tuple[str, ...]
+    optional_callback_secrets: tuple[str, ...]
+
+    def seal_secrets(self, secret: str, callback: Mapping[str, str]) -> str:
+        """The credential's secret column for the app secret and the
+        callback's secrets (named as in ``callback_secrets``)."""
 
     def open_callback(self, credential: Credential, request: CallbackRequest) -> CallbackMessage:
         """Authenticate and decrypt one callback (CallbackRejected: 401;

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..core.domain import PushedTicket
@@ -55,6 +55,17 @@ class AppSecrets:
 
     def crypto(self, receive_id: str) -> MessageCrypto:
         return MessageCrypto(self.callback_token, self.encoding_aes_key, receive_id)
+
+
+class PushedApp:
+    """What a provider whose callback is WXBizMsgCrypt-sealed (WeChat Open
+    Platform, WeCom) declares to ``platform add``."""
+
+    callback_secrets: tuple[str, ...] = ("callback-token", "encoding-aes-key")
+    optional_callback_secrets: tuple[str, ...] = ()
+
+    def seal_secrets(self, secret: str, callback: Mapping[str, str]) -> str:
+        return AppSecrets(secret, callback["callback-token"], callback["encoding-aes-key"]).encode()
 
 
 def check_app_secrets(platform: str, appid: str, stored: str) -> None:

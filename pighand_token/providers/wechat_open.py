@@ -36,7 +36,7 @@ from ..core.errors import BadRequest, MethodRefused, UpstreamError
 from ..core.ports import AccountGrants, TokenSource
 from .base import HttpProvider, ProviderContext
 from .callback_crypto import SignedQuery, open_xml_callback
-from .third_party import AppSecrets, TicketWait, check_app_secrets
+from .third_party import AppSecrets, PushedApp, TicketWait, check_app_secrets
 from .wechat import WeChatProvider
 
 COMPONENT = "wechat_component"
@@ -95,7 +95,7 @@ class _WeChatThirdParty(WeChatProvider):
         return error
 
 
-class WeChatComponentProvider(_WeChatThirdParty):
+class WeChatComponentProvider(PushedApp, _WeChatThirdParty):
     platform = COMPONENT
     account_platform = AUTHORIZER
     ticket_types: tuple[str, ...] = ()

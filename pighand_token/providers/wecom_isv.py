@@ -45,7 +45,7 @@ from ..core.errors import BadRequest, MethodRefused, UpstreamError
 from ..core.ports import AccountGrants, TokenSource
 from .base import HttpProvider, ProviderContext, redact
 from .callback_crypto import CallbackRejected, MalformedCallback, SignedQuery, open_xml_callback
-from .third_party import AppSecrets, TicketWait, check_app_secrets
+from .third_party import AppSecrets, PushedApp, TicketWait, check_app_secrets
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class _WeComService(HttpProvider):
         return self._token(body, "access_token", started)
 
 
-class WeComSuiteProvider(_WeComService):
+class WeComSuiteProvider(PushedApp, _WeComService):
     platform = SUITE
     account_platform = CORP
     appid_example = "ww0123456789abcdef"
