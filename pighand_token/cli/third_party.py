@@ -1,5 +1,6 @@
 """Commands for third-party apps' accounts: ``pighand-token wechat
-authorizers|authorize-url`` and ``pighand-token wecom corps|authorize-url``.
+authorizers|authorize-url``, ``pighand-token wecom corps|authorize-url`` and
+``pighand-token feishu tenants``.
 
 They show who authorized an app, since when, the state of the account's
 token and its last error; never a token, refresh token or permanent code.
@@ -17,6 +18,7 @@ from .common import friendly as _friendly
 
 wechat_cli = AppGroup("wechat", help="WeChat Open Platform components: the accounts that authorized them.")
 wecom_cli = AppGroup("wecom", help="WeCom third-party suites: the corps that installed them.")
+feishu_cli = AppGroup("feishu", help="Feishu / Lark store apps: the tenants that installed them.")
 
 
 def _when(epoch: float | None) -> str:
@@ -84,3 +86,17 @@ def wecom_corps(suite_id: str) -> None:
 def wecom_authorize_url(suite_id: str, redirect_uri: str, state: str) -> None:
     """Print an install page URL with a fresh pre_auth_code."""
     _authorize_url("wecom_suite", suite_id, redirect_uri, {"state": state})
+
+
+@feishu_cli.command("tenants")
+@click.argument("app_id")
+@click.option("--lark", is_flag=True, help="The lark_store app APP_ID (found by itself when only Lark has it).")
+@_friendly
+def feishu_tenants(app_id: str, lark: bool) -> None:
+    """List the tenants that installed APP_ID (never their tokens)."""
+    store = "lark_store"
+    if not lark:
+        credentials = _container().credentials
+        if credentials.get("feishu_store", app_id) is not None or credentials.get("lark_store", app_id) is None:
+            store = "feishu_store"
+    _accounts(store, "lark_tenant" if store == "lark_store" else "feishu_tenant", app_id, "tenant")

@@ -9,6 +9,7 @@ from .alipay import AlipayProvider
 from .base import HttpProvider, ProviderContext
 from .dingtalk import DingTalkProvider
 from .feishu import FeishuProvider
+from .feishu_store import FeishuStoreProvider, FeishuTenantProvider
 from .wechat import WeChatProvider
 from .wechat_open import WeChatAuthorizerProvider, WeChatComponentProvider
 from .wecom import WeComProvider
@@ -28,6 +29,10 @@ REGISTRY: dict[str, Callable[[ProviderContext], HttpProvider]] = {
     "wecom_suite": WeComSuiteProvider.build,
     "wecom_corp": WeComCorpProvider.build,
     "wecom_provider": WeComProviderTokenProvider.build,
+    "feishu_store": FeishuStoreProvider.build,
+    "feishu_tenant": FeishuTenantProvider.build,
+    "lark_store": FeishuStoreProvider.build_lark,
+    "lark_tenant": FeishuTenantProvider.build_lark,
 }
 
 __all__ = ["REGISTRY", "HttpProvider", "ProviderContext"]

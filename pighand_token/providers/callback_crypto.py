@@ -23,8 +23,11 @@ as no padding) and never look at the padding bytes themselves. A message they
 produce always pads with 1 to 32 equal bytes, so anything else here is a
 message that was not made with this key and is refused.
 
+Feishu and Lark seal their event pushes another way (platform-facts §7.4),
+in :class:`FeishuCrypto` at the end of this module.
+
 Two errors leave this module: :class:`CallbackRejected` (not authentic, or
-does not decrypt: 403) and :class:`MalformedCallback` (the body is not the
+does not decrypt: 401) and :class:`MalformedCallback` (the body is not the
 shape the platform sends, or is XML with a DTD: 400). Neither text ever
 contains the token, the key or decrypted content. Body size is the caller's
 to limit, before parsing.
@@ -323,3 +326,71 @@ def _json_object(data: bytes | str, what: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise MalformedCallback(f"{what} is not a JSON object")
     return document
+
+
+# -- Feishu / Lark (event subscriptions) -------------------------------------------
+_AES_BLOCK = 16
+
+
+@dataclass(frozen=True, init=False)
+class FeishuCrypto:
+    """The Encrypt Key of a Feishu/Lark app's event subscription.
+
+    - ``key = sha256(encrypt_key)``; the body is ``{"encrypt": base64(iv +
+      AES-256-CBC(json))}``: the first 16 bytes of the decoded data are the
+      IV, and the plaintext is PKCS#7-padded to 16 bytes.
+    - ``X-Lark-Signature = sha256(X-Lark-Request-Timestamp +
+      X-Lark-Request-Nonce + encrypt_key + raw body)`` in lowercase hex,
+      over the body's bytes as sent.
+
+    (Checked against lark-oapi's ``AESCipher`` and
+    ``EventDispatcherHandler._verify_sign``.)
+    """
+
+    _encrypt_key: str = field(repr=False)
+    _key: bytes = field(repr=False)
+
+    def __init__(self, encrypt_key: str) -> None:
+        if not isinstance(encrypt_key, str) or not encrypt_key:
+            raise EncodingAESKeyError("the Encrypt Key must not be empty here (an app without one gets plain events)")
+        object.__setattr__(self, "_encrypt_key", encrypt_key)
+        object.__setattr__(self, "_key", hashlib.sha256(encrypt_key.encode("utf-8")).digest())
+
+    def signature(self, timestamp: str, nonce: str, body: bytes) -> str:
+        return hashlib.sha256((timestamp + nonce + self._encrypt_key).encode("utf-8") + body).hexdigest()
+
+    def verify(self, timestamp: str, nonce: str, body: bytes, signature: str) -> None:
+        """Raise :class:`CallbackRejected` unless ``signature`` signs ``body``."""
+        expected = self.signature(timestamp, nonce, body).encode("ascii")
+        if not hmac.compare_digest(expected, (signature or "").encode("utf-8", "replace")):
+            raise CallbackRejected("callback signature does not match (wrong Encrypt Key, or the message was "
+                                   "altered)")
+
+    def encrypt(self, plaintext: bytes | str, *, iv: bytes | None = None) -> str:
+        message = plaintext.encode("utf-8") if isinstance(plaintext, str) else plaintext
+        iv = secrets.token_bytes(_AES_BLOCK) if iv is None else iv
+        if len(iv) != _AES_BLOCK:
+            raise ValueError("iv must be 16 bytes")
+        pad = _AES_BLOCK - len(message) % _AES_BLOCK
+        encryptor = Cipher(algorithms.AES(self._key), modes.CBC(iv)).encryptor()
+        raw = encryptor.update(message + bytes([pad]) * pad) + encryptor.finalize()
+        return base64.b64encode(iv + raw).decode("ascii")
+
+    def decrypt(self, encrypt_b64: str) -> bytes:
+        try:
+            raw = base64.b64decode(encrypt_b64, validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            raise CallbackRejected("callback ciphertext is not valid base64") from None
+        if len(raw) < 2 * _AES_BLOCK or len(raw) % _AES_BLOCK:
+            raise CallbackRejected("callback ciphertext has a length no platform produces")
+        decryptor = Cipher(algorithms.AES(self._key), modes.CBC(raw[:_AES_BLOCK])).decryptor()
+        padded = decryptor.update(raw[_AES_BLOCK:]) + decryptor.finalize()
+        pad = padded[-1]
+        if not 1 <= pad <= _AES_BLOCK or padded[-pad:] != bytes([pad]) * pad:
+            raise CallbackRejected("callback does not decrypt with this Encrypt Key (bad padding)")
+        return padded[:-pad]
+
+
+def json_object(data: bytes | str, what: str) -> dict[str, Any]:
+    """``data`` as a JSON object, or :class:`MalformedCallback`."""
+    return _json_object(data, what)

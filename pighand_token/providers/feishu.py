@@ -99,6 +99,23 @@ class FeishuProvider(HttpProvider):
 
     def fetch(self, credential: Credential, *, replacing: str | None = None) -> Token:
         started = self.clock()
+        body = self.call(PATHS[self.kind], {"app_id": credential.appid, "app_secret": credential.secret},
+                         [credential.secret])
+        token = self.token_from(body, FIELDS[self.kind], started)
+        if replacing is not None and token.value == replacing:
+            # Not an error: the platform reissues only in the token's last
+            # 30 minutes. If a caller found the token rejected (99991663 /
+            # 99991664 / 99991671) while it has this long to live, someone
+            # must look into it: it cannot be replaced before then.
+            log.warning("%s handed back the token being replaced for appid %s (a new one is issued only in "
+                        "its last 30 minutes); serving it, valid for another %.0f s",
+                        self.platform, credential.appid, token.expires_at - started)
+        return token
+
+    def call(self, path: str, payload: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
+        """POST ``payload`` to ``path``; the answer when its ``code`` is 0,
+        else the platform's refusal as an UpstreamError (rate limits with
+        the pause the platform asks for)."""
         headers: dict[str, str] = {}
 
         def keep_headers(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
@@ -106,33 +123,28 @@ class FeishuProvider(HttpProvider):
             return response
 
         status, body = self.request_json(
-            "POST", PATHS[self.kind], secrets=[credential.secret], accept_status=True,
-            headers={"Content-Type": "application/json; charset=utf-8"},
-            json={"app_id": credential.appid, "app_secret": credential.secret},
+            "POST", path, secrets=secrets, accept_status=True,
+            headers={"Content-Type": "application/json; charset=utf-8"}, json=payload,
             hooks={"response": [keep_headers]},
         )
         code = body.get("code")
         if isinstance(code, bool) or not isinstance(code, int) or code != 0:
-            raise self._error(status, code, body.get("msg"), headers, credential)
-        value = body.get(FIELDS[self.kind])
+            raise self._error(status, code, body.get("msg"), headers, secrets)
+        return body
+
+    def token_from(self, body: dict[str, Any], name: str, started: float) -> Token:
+        value = body.get(name)
         expire = body.get("expire")
         if (not isinstance(value, str) or not value or isinstance(expire, bool)
                 or not isinstance(expire, int | float) or expire <= 0):
-            raise UpstreamError(self.platform, f"answer has no {FIELDS[self.kind]}/expire", retryable=True)
-        token = Token(value=value, expires_at=started + float(expire), fetched_at=started)
-        if replacing is not None and value == replacing:
-            # Not an error: the platform reissues only in the token's last
-            # 30 minutes. If a caller found the token rejected (99991663 /
-            # 99991664 / 99991671) while it has this long to live, someone
-            # must look into it: it cannot be replaced before then.
-            log.warning("%s handed back the token being replaced for appid %s (a new one is issued only in "
-                        "its last 30 minutes); serving it, valid for another %.0f s",
-                        self.platform, credential.appid, float(expire))
-        return token
+            raise UpstreamError(self.platform, f"answer has no {name}/expire", retryable=True)
+        return Token(value=value, expires_at=started + float(expire), fetched_at=started)
+
+    hints: dict[int, str] = HINTS
 
     def _error(self, status: int, code: object, msg: object, headers: dict[str, str],
-               credential: Credential) -> UpstreamError:
-        text = redact(str(msg) if isinstance(msg, str) else "", [credential.secret])
+               secrets: list[str]) -> UpstreamError:
+        text = redact(str(msg) if isinstance(msg, str) else "", secrets)
         if isinstance(code, int) and not isinstance(code, bool):
             errcode: int | None = code
         else:
@@ -147,7 +159,7 @@ class FeishuProvider(HttpProvider):
             detail = f"HTTP {status}, no code" + (f": {text}" if text else "")
             # A 200 without a code is a garbled answer; a 4xx without one is a refusal.
             return UpstreamError(self.platform, f"unexpected answer ({detail})", retryable=status < 400)
-        hint = HINTS.get(errcode)
+        hint = self.hints.get(errcode)
         message = f"{hint} ({text})" if hint and text else hint or text or "no msg"
         return UpstreamError(self.platform, message, errcode=errcode)
 
