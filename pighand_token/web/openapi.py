@@ -402,7 +402,9 @@ def _third_party_operations(forms: Mapping[str, AppidForm], third_party: Sequenc
             "security": [],
             "responses": _responses(replied, [400, *local_only, 404, 405, 500, 503], signed),
         }
-        yield CALLBACK_ROUTE, callback, "post", {
+        yield CALLBACK_ROUTE, callback, "post", _json_event_callback(
+            platform, name, appid, request_id, sorted([*pushed, 413]), signed
+        ) if platform in _JSON_EVENT_CALLBACKS else {
             "tags": ["third-party"],
             "operationId": f"push{name}Callback",
             "summary": f"{platform}: what the platform pushes",
@@ -458,6 +460,50 @@ def _third_party_operations(forms: Mapping[str, AppidForm], third_party: Sequenc
             "responses": _responses(_ok("The account that authorized.", "AuthorizedAccount"),
                                     [400, *unauthorized, 403, 404, 405, 413, 500, 502, 503, 504]),
         }
+
+
+# Platforms that push JSON events signed in headers (Feishu / Lark), not XML
+# signed in the query string.
+_JSON_EVENT_CALLBACKS = frozenset({"feishu_store", "lark_store"})
+
+
+def _json_event_callback(platform: str, name: str, appid: Json, request_id: Json, statuses: list[int],
+                         signed: Json) -> Json:
+    headers = [_param(header, "header", text, {"type": "string"}) for header, text in (
+        ("X-Lark-Request-Timestamp", "When the platform signed the push (seconds); one more than 5 minutes off "
+                                     "is refused as a replay."),
+        ("X-Lark-Request-Nonce", "Signed with it."),
+        ("X-Lark-Signature", "sha256(timestamp + nonce + Encrypt Key + body), hex; sent when the app has an "
+                             "Encrypt Key."))]
+    return {
+        "tags": ["third-party"],
+        "operationId": f"push{name}Callback",
+        "summary": f"{platform}: the events the platform pushes",
+        "description": "The app's event subscription: `{\"encrypt\": ...}` (AES-256-CBC with sha256 of the "
+                       "Encrypt Key, signed in the headers) or, for an app without an Encrypt Key, the plain "
+                       "event; the verification token inside must match. `url_verification` is answered with its "
+                       "`challenge`; `app_ticket` is stored (an older one never replaces a newer); any event "
+                       "naming a `tenant_key` records the tenant; `app_uninstalled` forgets it. Redeliveries are "
+                       "idempotent; unknown events are acknowledged. No key: the signature and the token "
+                       "authenticate.",
+        "parameters": [appid, *headers, request_id],
+        "requestBody": {"required": True, "description": "The event as the platform sends it.",
+                        "content": {"application/json": {"schema": {"type": "object"}}}},
+        "security": [],
+        "responses": _responses({
+            "description": "`{\"challenge\": ...}` for a URL check, else `{\"msg\": \"success\"}`, sent once "
+                           "what the event carries is stored.",
+            "headers": _headers(),
+            # The platform's own answer, not the envelope: Feishu reads the challenge from it.
+            "content": _json({"type": "object", "additionalProperties": False,
+                              "properties": {"challenge": {"type": "string"}, "msg": {"const": "success"}}}),
+        }, statuses, signed),
+    }
+
+
+def _camel(platform: str) -> str:
+    """``feishu_app`` -> ``FeishuApp``, for operation ids."""
+    return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", platform) if part)
 
 
 def _camel(platform: str) -> str:

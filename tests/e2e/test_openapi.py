@@ -228,6 +228,10 @@ def test_every_json_answer_is_a_plain_envelope_whose_code_is_its_status(make_app
             if json_body is None or path == "/openapi.json":
                 continue
             schema = resolve(doc, json_body["schema"])
+            if path.startswith(("/callback/feishu_store/", "/callback/lark_store/")) and status == "200":
+                # What Feishu reads back (its challenge), not the envelope.
+                assert set(schema["properties"]) == {"challenge", "msg"} and schema["additionalProperties"] is False
+                continue
             # One flat object per answer: generators cannot merge allOf parts that narrow a type with const.
             assert not {"allOf", "anyOf", "oneOf"} & set(schema), (path, method, status)
             assert schema["type"] == "object" and schema["additionalProperties"] is False
