@@ -15,7 +15,9 @@ from typing import Any
 import lark_oapi
 import pytest
 import requests
+from lark_oapi.api.contact.v3 import ListUserRequest
 from lark_oapi.core.model import RawRequest
+from lark_oapi.core.token.manager import TokenManager
 from lark_oapi.event.custom import CustomizedEvent
 
 from pighand_token.app import create_app
@@ -271,10 +273,11 @@ def test_app_uninstalled_forgets_the_tenant_and_its_token(running: Running) -> N
     fake.advance(10)
     assert fake.uninstall(APP_ID, TENANT_KEY).ok
     assert running.tenants() == []
-    # A late redelivery of the older install does not bring it back... it is
-    # recorded again (no tombstone), but its token is refused by Feishu.
+    # Its token is gone everywhere; asking again calls Feishu, which refuses
+    # the tenant, and nothing is recorded.
     answer = running.get(f"/token/feishu_tenant/{TENANT_APPID}")
     assert answer.status_code == 502, answer.text
+    assert running.tenants() == []
 
 
 def test_plain_events_without_an_encrypt_key_need_the_verification_token(running: Running) -> None:
@@ -325,3 +328,21 @@ def test_cli_lists_tenants_never_their_tokens(running: Running, tmp_path: Path) 
     assert token not in listing.stdout and SECRET not in listing.stdout
     missing = run_cli("feishu", "tenants", "cli_nope00000000", env=env)
     assert missing.returncode != 0 and "no feishu_store credential" in missing.stderr
+
+
+def test_lark_oapi_reads_the_tenant_token_we_serve_and_gets_the_same_one_itself(running: Running) -> None:
+    fake = running.fake
+    assert fake.push_ticket(APP_ID).ok and fake.install(APP_ID, TENANT_KEY).ok
+    served = envelope(running.get(f"/token/feishu_tenant/{TENANT_APPID}"))["data"]
+    # The SDK's own ISV token path against the same platform: while 30
+    # minutes remain, Feishu hands back the token the service holds.
+    client = (lark_oapi.Client.builder().app_id(APP_ID).app_secret(SECRET).app_type(lark_oapi.AppType.ISV)
+              .domain(fake.base_url).build())
+    ticket = running.tickets()
+    assert ticket is not None
+    assert TokenManager.get_isv_tenant_token(client._config, TENANT_KEY, ticket.value) == served
+    # And a business call made by the SDK with the served token succeeds.
+    caller = lark_oapi.Client.builder().enable_set_token(True).domain(fake.base_url).build()
+    listed = caller.contact.v3.user.list(ListUserRequest.builder().build(),
+                                         lark_oapi.RequestOption.builder().tenant_access_token(served).build())
+    assert listed.success(), (listed.code, listed.msg)
