@@ -332,6 +332,6 @@ def test_platform_5xx_and_garbled_answers_are_retried(make_feishu_app: Any, fake
 
 
 def test_unknown_platform_404_lists_feishu_and_lark(make_feishu_app: Any) -> None:
-    answer = make_feishu_app("feishu").test_client().get("/token/feishu_store/" + APP_ID)
+    answer = make_feishu_app("feishu").test_client().get("/token/feishu_bot/" + APP_ID)
     assert answer.status_code == 404
     assert all(name in body(answer)["error"] for name in PLATFORMS)
