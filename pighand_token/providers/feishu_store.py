@@ -117,6 +117,18 @@ class _StoreService(FeishuProvider):
     grants: AccountGrants | None = None
     tokens: TokenSource | None = None
 
+    # The Feishu platform name; ``build_lark`` builds the Lark one.
+    feishu_platform = ""
+    lark_platform = ""
+
+    @classmethod
+    def build(cls, ctx: ProviderContext) -> HttpProvider:
+        return cls._built(ctx, cls.feishu_platform)
+
+    @classmethod
+    def build_lark(cls, ctx: ProviderContext) -> HttpProvider:
+        return cls._built(ctx, cls.lark_platform)
+
     @classmethod
     def _built(cls, ctx: ProviderContext, platform: str) -> _StoreService:
         base = ctx.settings.lark_api_base if platform.startswith("lark") else ctx.settings.feishu_api_base
@@ -124,7 +136,11 @@ class _StoreService(FeishuProvider):
                        clock=ctx.clock, platform=platform)
         provider.grants = ctx.account_grants
         provider.tokens = ctx.tokens
+        provider._setup(ctx)
         return provider
+
+    def _setup(self, ctx: ProviderContext) -> None:
+        """What one provider needs beyond the shared context."""
 
 
 class FeishuStoreProvider(_StoreService):
@@ -135,21 +151,11 @@ class FeishuStoreProvider(_StoreService):
     optional_callback_secrets: tuple[str, ...] = ("encrypt-key",)
     wait: TicketWait
 
-    @classmethod
-    def build(cls, ctx: ProviderContext) -> HttpProvider:
-        return cls._store(ctx, FEISHU_STORE)
+    feishu_platform, lark_platform = FEISHU_STORE, LARK_STORE
 
-    @classmethod
-    def build_lark(cls, ctx: ProviderContext) -> HttpProvider:
-        return cls._store(ctx, LARK_STORE)
-
-    @classmethod
-    def _store(cls, ctx: ProviderContext, platform: str) -> FeishuStoreProvider:
-        provider = cls._built(ctx, platform)
-        assert isinstance(provider, FeishuStoreProvider)
-        provider.account_platform = TENANT_OF[platform]
-        provider.wait = TicketWait(platform, "app_ticket", ctx.tickets, ctx.counters, ctx.clock)
-        return provider
+    def _setup(self, ctx: ProviderContext) -> None:
+        self.account_platform = TENANT_OF[self.platform]
+        self.wait = TicketWait(self.platform, "app_ticket", ctx.tickets, ctx.counters, ctx.clock)
 
     # -- the credential ---------------------------------------------------------
     def seal_secrets(self, secret: str, callback: Mapping[str, str]) -> str:
@@ -313,20 +319,10 @@ class FeishuTenantProvider(_StoreService):
     appid_pattern = r"[A-Za-z0-9_.-]{1,63}:[A-Za-z0-9_.-]{1,64}"
     appid_example = "cli_a1b2c3d4e5f6a7b8:2ed263bf32cf1651"
 
-    @classmethod
-    def build(cls, ctx: ProviderContext) -> HttpProvider:
-        return cls._tenant(ctx, FEISHU_TENANT)
+    feishu_platform, lark_platform = FEISHU_TENANT, LARK_TENANT
 
-    @classmethod
-    def build_lark(cls, ctx: ProviderContext) -> HttpProvider:
-        return cls._tenant(ctx, LARK_TENANT)
-
-    @classmethod
-    def _tenant(cls, ctx: ProviderContext, platform: str) -> FeishuTenantProvider:
-        provider = cls._built(ctx, platform)
-        assert isinstance(provider, FeishuTenantProvider)
-        provider.credential_platform = STORE_OF[platform]
-        return provider
+    def _setup(self, ctx: ProviderContext) -> None:
+        self.credential_platform = STORE_OF[self.platform]
 
     @property
     def store(self) -> str:

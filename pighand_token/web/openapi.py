@@ -506,11 +506,6 @@ def _camel(platform: str) -> str:
     return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", platform) if part)
 
 
-def _camel(platform: str) -> str:
-    """``feishu_app`` -> ``FeishuApp``, for operation ids."""
-    return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", platform) if part)
-
-
 def _appid_schema(form: AppidForm) -> Json:
     return {"type": "string", "pattern": f"^(?:{form.pattern})$", "maxLength": APPID_MAX_LENGTH}
 
