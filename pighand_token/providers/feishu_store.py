@@ -220,10 +220,14 @@ class FeishuStoreProvider(_StoreService):
         if sealed:
             self._check_signature(crypto, request)
         if event.get("schema") == "2.0":
-            return self._v2(credential, secrets, event)
-        return self._v1(credential, secrets, event)
+            return self._v2(credential, secrets, event, sealed)
+        return self._v1(credential, secrets, event, sealed)
 
-    def _check_token(self, token: object, secrets: StoreSecrets) -> None:
+    def _check_token(self, token: object, secrets: StoreSecrets, *, signed: bool = False) -> None:
+        """The verification token must match; a signed event may leave it
+        out (the signature authenticates it, as lark-oapi accepts)."""
+        if signed and token is None:
+            return
         if not isinstance(token, str) or not hmac.compare_digest(token.encode(), secrets.verification_token.encode()):
             raise CallbackRejected("callback verification token does not match")
 
@@ -245,8 +249,9 @@ class FeishuStoreProvider(_StoreService):
         if app_id not in (None, "") and app_id != credential.appid:
             raise CallbackRejected("callback names another app")
 
-    def _v1(self, credential: Credential, secrets: StoreSecrets, message: dict[str, Any]) -> CallbackMessage:
-        self._check_token(message.get("token"), secrets)
+    def _v1(self, credential: Credential, secrets: StoreSecrets, message: dict[str, Any],
+            signed: bool) -> CallbackMessage:
+        self._check_token(message.get("token"), secrets, signed=signed)
         event = message.get("event")
         if message.get("type") != "event_callback" or not isinstance(event, dict):
             return Ignored(str(message.get("type") or "(no type)"))
@@ -260,11 +265,12 @@ class FeishuStoreProvider(_StoreService):
             return self._ticket(credential, value, created_at)
         return self._tenant_event(credential, kind, event.get("tenant_key"), created_at)
 
-    def _v2(self, credential: Credential, secrets: StoreSecrets, message: dict[str, Any]) -> CallbackMessage:
+    def _v2(self, credential: Credential, secrets: StoreSecrets, message: dict[str, Any],
+            signed: bool) -> CallbackMessage:
         header = message.get("header")
         if not isinstance(header, dict):
             raise MalformedCallback("v2 event without a header")
-        self._check_token(header.get("token"), secrets)
+        self._check_token(header.get("token"), secrets, signed=signed)
         self._same_app(credential, header.get("app_id"))
         kind = str(header.get("event_type") or "(no event type)")
         created_ms = _seconds(header.get("create_time"))

@@ -20,7 +20,8 @@ Pushes to the app's event URL, as Feishu sends them:
   - app_ticket (v1), app_open (v1), app_uninstalled (v1),
     application.application.visibility.added_v6 (v2), a user's message event
     (v2 im.message.receive_v1), url_verification; variants: bad signature, wrong
-    verification token, a replay (``redeliver``, byte for byte).
+    verification token, no verification token, a replay (``redeliver``, byte for
+    byte).
 
 Token rule, as the custom apps' tokens (tests/fakes/feishu.py): while 30
 minutes or more remain, a call returns the current token; in its last 30
@@ -217,7 +218,8 @@ class FakeFeishuStore(FakeFeishu):
         return self._push(app_id, event_type, message, **variant)
 
     def _push(self, app_id: str, kind: str, event: dict[str, Any], *, signed: bool = True,
-              bad_signature: bool = False, wrong_token: bool = False, sent_at: float | None = None) -> Delivery:
+              bad_signature: bool = False, wrong_token: bool = False, no_token: bool = False,
+              sent_at: float | None = None) -> Delivery:
         with self.lock:
             app = self.store_apps[app_id]
             url = app.callback_url
@@ -225,6 +227,9 @@ class FakeFeishuStore(FakeFeishu):
             event = json.loads(json.dumps(event))
             holder = event["header"] if "header" in event else event
             holder["token"] = app.verification_token + "x"
+        if no_token:
+            event = json.loads(json.dumps(event))
+            (event["header"] if "header" in event else event).pop("token")
         plaintext = json.dumps(event, ensure_ascii=False).encode("utf-8")
         headers = {"Content-Type": "application/json; charset=utf-8"}
         if app.encrypt_key:

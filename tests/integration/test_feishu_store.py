@@ -301,6 +301,16 @@ def test_plain_events_without_an_encrypt_key_need_the_verification_token(running
     assert running.tenants(PLAIN_APP) == []
     assert fake.install(PLAIN_APP, TENANT_KEY, version=2).ok
     assert running.tenants(PLAIN_APP) == [TENANT_KEY]
+    assert fake.user_message(PLAIN_APP, OTHER_TENANT, no_token=True).status == 401
+    assert running.tenants(PLAIN_APP) == [TENANT_KEY]
+
+
+def test_a_signed_event_without_a_verification_token_is_accepted_as_lark_oapi_does(running: Running) -> None:
+    delivery = running.fake.install(APP_ID, TENANT_KEY, version=2, no_token=True)
+    assert delivery.ok, delivery.answer
+    seen: list[CustomizedEvent] = []
+    assert sdk_handler(ENCRYPT_KEY, VTOKEN, seen).do(sdk_request(delivery)).status_code == 200 and seen
+    assert running.tenants() == [TENANT_KEY]
 
 
 # -- refusals: nothing stored ---------------------------------------------------------------
