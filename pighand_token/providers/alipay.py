@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, p
 from ..core.domain import Credential, Grant, Token
 from ..core.errors import BadRequest, NotFound, PighandError, UpstreamError, UpstreamTimeout
 from ..core.ports import Clock, GrantStore
-from .base import HttpProvider, ProviderContext, redact
+from .base import HttpProvider, ProviderContext, redact, transport_error
 
 METHOD = "alipay.open.auth.token.app"
 RESPONSE_KEY = METHOD.replace(".", "_") + "_response"
@@ -413,8 +413,7 @@ class AlipayProvider(HttpProvider):
         except requests.Timeout:
             raise UpstreamTimeout(self.platform, f"no answer within {self.timeout_s:g} s") from None
         except requests.RequestException as exc:
-            reason = redact(f"{type(exc).__name__}: {exc}", secrets)
-            raise UpstreamError(self.platform, f"cannot reach the gateway ({reason})", retryable=True) from None
+            raise transport_error(self.platform, exc, secrets, self.session, what="the gateway") from None
         status = response.status_code
         if status >= 500:
             raise UpstreamError(self.platform, f"HTTP {status} from the gateway", retryable=True)

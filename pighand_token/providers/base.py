@@ -46,6 +46,24 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def transport_error(platform: str, exc: requests.RequestException, secrets: Iterable[str],
+                    session: requests.Session, *, what: str = "the platform") -> UpstreamError:
+    """The retryable UpstreamError for a request that got no answer. Its
+    message never holds ``secrets`` nor the proxy's credentials; a proxy that
+    is down or refuses the tunnel is named as the cause (the proxy by its URL
+    without credentials), not the platform."""
+    hidden = [*secrets, *getattr(session, "hidden", ())]
+    proxy = str(getattr(session, "proxy_description", "") or "")
+    proxy_url = str(getattr(session, "proxy_url", "") or "")
+    reason = redact(f"{type(exc).__name__}: {exc}", hidden)
+    if proxy_url:
+        reason = reason.replace(proxy_url, proxy)
+    if isinstance(exc, requests.exceptions.ProxyError) and proxy:
+        return UpstreamError(platform, f"cannot reach {what} through platform_http_proxy {proxy} ({reason})",
+                             retryable=True)
+    return UpstreamError(platform, f"cannot reach {what} ({reason})", retryable=True)
+
+
 class HttpProvider:
     """Base for providers that speak JSON over HTTPS."""
 
@@ -128,8 +146,7 @@ class HttpProvider:
         except requests.Timeout:
             raise UpstreamTimeout(self.platform, f"no answer within {self.timeout_s:g} s") from None
         except requests.RequestException as exc:
-            reason = redact(f"{type(exc).__name__}: {exc}", secrets)
-            raise UpstreamError(self.platform, f"cannot reach the platform ({reason})", retryable=True) from None
+            raise transport_error(self.platform, exc, secrets, self.session) from None
         status = response.status_code
         try:
             body = response.json()

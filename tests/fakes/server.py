@@ -433,6 +433,8 @@ class FakePlatform:
                 "method": request.method,
                 "path": request.path,
                 "client_ip": request.client_ip,
+                # What a forward proxy on the way added (tests/fakes/forward_proxy.py).
+                "via": request.headers.get("via"),
                 "query": dict(request.query),
                 "body": self._body_for_log(request),
                 "fault": None,
