@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import requests
 
-from .adapters.egress import PlatformSession
+from .adapters.egress import PlatformSession, ca_bundle_from
 from .adapters.fallback import FallbackCooldowns, FallbackCounters, FallbackLocks
 from .adapters.grants import SqlGrantStore
 from .adapters.memory import MemoryLocks, MemoryTokenStore
@@ -202,7 +202,7 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
 
     # Every platform call (token and ticket fetches, third-party calls) goes
     # through this one Session, so platform_http_proxy applies to all of them.
-    http = PlatformSession(settings.platform_http_proxy, settings.no_proxy)
+    http = PlatformSession(settings.platform_http_proxy, settings.no_proxy, ca_bundle=ca_bundle_from())
     # Secrets at rest: the grants are sealed like the credentials.
     tickets, account_grants = SqlTicketStore(db, cipher), SqlAccountGrants(db, cipher)
     tokens = _LateTokens()

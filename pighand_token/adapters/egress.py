@@ -5,16 +5,21 @@ fetches, third-party calls), so ``platform_http_proxy`` and ``no_proxy``
 apply to all of them in one place.
 
 ``trust_env`` is off: the host's ``HTTP_PROXY`` / ``HTTPS_PROXY`` /
-``ALL_PROXY`` / ``NO_PROXY``, ``~/.netrc`` and ``REQUESTS_CA_BUNDLE`` are
-not read. With them read, a proxy variable set for some other program on the
-host would silently take platform calls off the one whitelisted egress (or
-onto one) whatever the settings say; the settings are the only source, and
+``ALL_PROXY`` / ``NO_PROXY`` and ``~/.netrc`` are not read. With them read, a
+proxy variable set for some other program on the host would silently take
+platform calls off the one whitelisted egress (or onto one) whatever the
+settings say; the settings are the only source, and
 ``PIGHAND_PLATFORM_HTTP_PROXY`` / ``PIGHAND_NO_PROXY`` set them from the
-environment when that is wanted.
+environment when that is wanted. The CA bundle variables
+(``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) change no route, only which
+certificates are trusted (a proxy that inspects TLS needs its CA there), so
+bootstrap still passes them on as ``ca_bundle``.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -23,13 +28,20 @@ import requests
 from ..core.egress import NoProxy, redact_url
 
 
+def ca_bundle_from(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The CA bundle requests would take from the environment, or None."""
+    return environ.get("REQUESTS_CA_BUNDLE") or environ.get("CURL_CA_BUNDLE") or None
+
+
 class PlatformSession(requests.Session):
     """A Session that sends every request through ``proxy_url`` unless
     ``no_proxy`` names its host; without ``proxy_url``, straight out."""
 
-    def __init__(self, proxy_url: str = "", no_proxy: tuple[str, ...] = ()) -> None:
+    def __init__(self, proxy_url: str = "", no_proxy: tuple[str, ...] = (), *, ca_bundle: str | None = None) -> None:
         super().__init__()
         self.trust_env = False
+        if ca_bundle:
+            self.verify = ca_bundle
         self.headers["User-Agent"] = "pighand-token"
         self.proxy_url = proxy_url
         self.no_proxy = NoProxy(no_proxy)

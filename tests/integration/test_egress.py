@@ -5,12 +5,20 @@ counts what passes and marks what it forwards with a ``Via`` header;
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import logging
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from pighand_token.app import create_app
 from pighand_token.core.domain import Credential
@@ -125,6 +133,43 @@ def test_the_hosts_no_proxy_variable_does_not_bypass_the_setting(make: Any, prox
     assert proxy.count(target(wechat)) == 1
 
 
+def loopback_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "loopback.crt", folder / "loopback.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_https_platform_calls_go_through_the_proxys_connect_tunnel(make: Any, proxy: ForwardProxy,
+                                                                   tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = loopback_certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    # The CA bundle variable is still honoured (it changes no route).
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    with FakeWeChat().serve_tls(context) as tls_wechat:
+        tls_wechat.add_app(WX_APP, WX_SECRET)
+        assert tls_wechat.base_url.startswith("https://")
+        app = make(platform_http_proxy=proxy.url, wechat_api_base=tls_wechat.base_url)
+        assert token(app, "wechat", WX_APP)["code"] == 200
+        assert tls_wechat.count(STABLE_PATH) == 1
+        assert [(r["method"], r["target"]) for r in proxy.records()] == [("CONNECT", target(tls_wechat))]
+
+
 # -- no_proxy ------------------------------------------------------------------------
 def test_no_proxy_hosts_bypass_the_proxy_and_the_others_still_use_it(make: Any, proxy: ForwardProxy,
                                                                      wechat: FakeWeChat, wecom: FakeWeCom) -> None:
@@ -170,8 +215,6 @@ def test_the_served_workers_fetch_through_the_proxy_set_in_the_environment(tmp_p
     seed(settings, (WX_APP, WX_SECRET))
     with Server(tmp_path, workers=1, wechat_api_base=wechat.base_url, is_enable_schedule=False,
                 platform_http_proxy=proxy.url, **settings) as server:
-        import requests
-
         answer = requests.get(f"{server.base_url}/token/wechat/{WX_APP}", timeout=10)
         assert answer.status_code == 200, answer.text
         log = server.log()
