@@ -220,4 +220,5 @@ def test_the_served_workers_fetch_through_the_proxy_set_in_the_environment(tmp_p
         log = server.log()
     assert proxy.count(target(wechat)) == 1
     assert [call["via"] for call in wechat.find(STABLE_PATH)] == [VIA]
+    assert f"platform calls go through platform_http_proxy http://***@127.0.0.1:{proxy.port}" in log
     assert PROXY_PASSWORD not in log
