@@ -59,9 +59,13 @@ class RedisCompat:
                  wechatpy_prefix: str = "wechatpy", wechat_stable: bool = True) -> None:
         self.sdks = frozenset(sdks)
         self.wxjava_prefix = wxjava_prefix
-        # WxJava's CP storage adds the ':' itself when the prefix lacks one.
-        self.wxjava_cp_prefix = (wxjava_cp_prefix if not wxjava_cp_prefix or wxjava_cp_prefix.endswith(":")
-                                 else wxjava_cp_prefix + ":")
+        # WxJava's CP storage adds the ':' itself when the prefix lacks one,
+        # and uses none when it is blank (StringUtils.isBlank).
+        if not wxjava_cp_prefix.strip():
+            wxjava_cp_prefix = ""
+        elif not wxjava_cp_prefix.endswith(":"):
+            wxjava_cp_prefix += ":"
+        self.wxjava_cp_prefix = wxjava_cp_prefix
         self.wechatpy_prefix = wechatpy_prefix
         self.wechat_stable = wechat_stable
 
