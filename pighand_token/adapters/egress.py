@@ -54,11 +54,13 @@ class PlatformSession(requests.Session):
 
     @property
     def hidden(self) -> tuple[str, ...]:
-        """What must never appear in a message: the proxy's credentials."""
+        """What must never appear in a message: the proxy's password, and
+        its user:password pair (the user name alone may be a plain word)."""
         if not self.proxy_url:
             return ()
-        parts = urlsplit(self.proxy_url)
-        return tuple(unquote(part) for part in (parts.password, parts.username) if part)
+        userinfo = urlsplit(self.proxy_url).netloc.rpartition("@")[0]
+        password = userinfo.partition(":")[2]
+        return tuple(part for part in {password, unquote(password), userinfo, unquote(userinfo)} if part)
 
     def proxies_for(self, url: str) -> dict[str, str]:
         if not self._via_proxy or self.no_proxy.bypasses(url):

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, p
 from ..core.domain import Credential, Grant, Token
 from ..core.errors import BadRequest, NotFound, PighandError, UpstreamError, UpstreamTimeout
 from ..core.ports import Clock, GrantStore
-from .base import HttpProvider, ProviderContext, redact, transport_error
+from .base import HttpProvider, ProviderContext, proxy_refusal, redact, transport_error
 
 METHOD = "alipay.open.auth.token.app"
 RESPONSE_KEY = METHOD.replace(".", "_") + "_response"
@@ -415,6 +415,9 @@ class AlipayProvider(HttpProvider):
         except requests.RequestException as exc:
             raise transport_error(self.platform, exc, secrets, self.session, what="the gateway") from None
         status = response.status_code
+        refusal = proxy_refusal(self.platform, status, self.session)
+        if refusal is not None:
+            raise refusal
         if status >= 500:
             raise UpstreamError(self.platform, f"HTTP {status} from the gateway", retryable=True)
         if status >= 400:

@@ -153,21 +153,38 @@ def loopback_certificate(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_https_platform_calls_go_through_the_proxys_connect_tunnel(make: Any, proxy: ForwardProxy,
-                                                                   tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def tls_wechat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWeChat]:
+    """The fake WeChat over HTTPS, its certificate trusted through
+    REQUESTS_CA_BUNDLE (still honoured: it changes no route)."""
     cert, key = loopback_certificate(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    # The CA bundle variable is still honoured (it changes no route).
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
-    with FakeWeChat().serve_tls(context) as tls_wechat:
-        tls_wechat.add_app(WX_APP, WX_SECRET)
-        assert tls_wechat.base_url.startswith("https://")
-        app = make(platform_http_proxy=proxy.url, wechat_api_base=tls_wechat.base_url)
-        assert token(app, "wechat", WX_APP)["code"] == 200
-        assert tls_wechat.count(STABLE_PATH) == 1
-        assert [(r["method"], r["target"]) for r in proxy.records()] == [("CONNECT", target(tls_wechat))]
+    with FakeWeChat().serve_tls(context) as fake:
+        fake.add_app(WX_APP, WX_SECRET)
+        assert fake.base_url.startswith("https://")
+        yield fake
+
+
+def test_https_platform_calls_go_through_the_proxys_connect_tunnel(make: Any, proxy: ForwardProxy,
+                                                                   tls_wechat: FakeWeChat) -> None:
+    app = make(platform_http_proxy=proxy.url, wechat_api_base=tls_wechat.base_url)
+    assert token(app, "wechat", WX_APP)["code"] == 200
+    assert tls_wechat.count(STABLE_PATH) == 1
+    assert [(r["method"], r["target"]) for r in proxy.records()] == [("CONNECT", target(tls_wechat))]
+
+
+def test_a_tunnel_refused_for_wrong_credentials_is_named_and_not_retried(make: Any, proxy: ForwardProxy,
+                                                                         tls_wechat: FakeWeChat) -> None:
+    app = make(platform_http_proxy=f"http://{PROXY_USER}:not-the-password@127.0.0.1:{proxy.port}",
+               wechat_api_base=tls_wechat.base_url)
+    body = token(app, "wechat", WX_APP)
+    assert body["code"] == 502
+    assert f"platform_http_proxy http://***@127.0.0.1:{proxy.port} refused the request (HTTP 407" in body["error"]
+    assert "not-the-password" not in body["error"]
+    assert proxy.records() == [{"method": "CONNECT", "target": target(tls_wechat), "passed": False}]
+    assert tls_wechat.count() == 0
 
 
 # -- no_proxy ------------------------------------------------------------------------
@@ -203,6 +220,7 @@ def test_a_proxy_that_refuses_the_credentials_is_a_502_and_nothing_reaches_the_p
     wrong = f"http://{PROXY_USER}:not-the-password@127.0.0.1:{proxy.port}"
     body = token(make(platform_http_proxy=wrong), "wechat", WX_APP)
     assert body["code"] == 502
+    assert f"platform_http_proxy http://***@127.0.0.1:{proxy.port} refused the request (HTTP 407" in body["error"]
     assert "not-the-password" not in body["error"]
     assert proxy.count(passed=False) >= 1
     assert wechat.count() == 0
