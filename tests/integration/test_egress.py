@@ -8,7 +8,10 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import socket
 import ssl
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from pighand_token.app import create_app
 from pighand_token.core.domain import Credential
-from tests.conftest import Server, app_overrides, free_port, storage_overrides
+from tests.conftest import Server, app_overrides, free_port, require_binary, stop_process, storage_overrides
 from tests.e2e.test_workers import seed
 from tests.fakes.dingtalk import TOKEN_PATH as DING_TOKEN
 from tests.fakes.dingtalk import FakeDingTalk
@@ -185,6 +188,40 @@ def test_a_tunnel_refused_for_wrong_credentials_is_named_and_not_retried(make: A
     assert "not-the-password" not in body["error"]
     assert proxy.records() == [{"method": "CONNECT", "target": target(tls_wechat), "passed": False}]
     assert tls_wechat.count() == 0
+
+
+@pytest.fixture
+def tinyproxy(tmp_path: Path) -> Iterator[str]:
+    """Debian's tinyproxy on a loopback port of its own, in the foreground; its URL."""
+    binary = require_binary("tinyproxy", "tinyproxy")
+    port = free_port()
+    config = tmp_path / "tinyproxy.conf"
+    config.write_text(f"Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 10\nMaxClients 20\n"
+                      f"LogLevel Info\nLogFile \"{tmp_path / 'tinyproxy.log'}\"\n")
+    proc = subprocess.Popen([binary, "-d", "-c", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "tinyproxy did not start"
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+
+
+def test_debians_tinyproxy_carries_the_token_fetches_too(make: Any, tinyproxy: str, wechat: FakeWeChat,
+                                                         wecom: FakeWeCom) -> None:
+    app = make(platform_http_proxy=tinyproxy)
+    assert token(app, "wechat", WX_APP)["code"] == 200
+    assert token(app, "wecom", WECOM_APP)["code"] == 200
+    vias = [call["via"] for call in wechat.find(STABLE_PATH) + wecom.find(WECOM_TOKEN)]
+    assert len(vias) == 2
+    assert all(via is not None and "tinyproxy" in via for via in vias), vias
 
 
 # -- no_proxy ------------------------------------------------------------------------
