@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 
 import requests
 
+from .adapters.egress import PlatformSession, ca_bundle_from
 from .adapters.fallback import FallbackCooldowns, FallbackCounters, FallbackLocks
 from .adapters.grants import SqlGrantStore
 from .adapters.memory import MemoryLocks, MemoryTokenStore
 from .adapters.prometheus import PrometheusMetrics
+from .adapters.redis_compat import RedisCompat
 from .adapters.sql import (
     Database,
     MySQLParams,
@@ -123,6 +125,16 @@ def build_database(settings: Settings) -> Database:
     return Database(sqlite_path=settings.sqlite_path)
 
 
+def build_redis_compat(settings: Settings) -> RedisCompat | None:
+    """The SDK keys written beside each token (``redis_compat``), or None."""
+    if not settings.redis_compat:
+        return None
+    return RedisCompat(settings.redis_compat, wxjava_prefix=settings.redis_compat_wxjava_prefix,
+                       wxjava_cp_prefix=settings.redis_compat_wxjava_cp_prefix,
+                       wechatpy_prefix=settings.redis_compat_wechatpy_prefix,
+                       wechat_stable=settings.wechat_token_mode == "stable")
+
+
 def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
     db = build_database(settings)
     cipher = load_cipher(settings)
@@ -157,7 +169,8 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
         breaker = redis_adapters.Breaker()
         prefix = settings.redis_key_prefix
         redis_store = redis_adapters.RedisTokenStore(client, clock=clock, margin_s=settings.corn_interval,
-                                                     key_prefix=prefix, breaker=breaker)
+                                                     key_prefix=prefix, breaker=breaker,
+                                                     compat=build_redis_compat(settings))
         # save_model auto: in-process + Redis, with SQL taking the tokens
         # only while Redis is down; all: every tier, always.
         stores = [*local, redis_store]
@@ -187,8 +200,9 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
         cooldowns = SqlCooldowns(db)
         counters = SqlCounters(db)
 
-    http = requests.Session()
-    http.headers["User-Agent"] = "pighand-token"
+    # Every platform call (token and ticket fetches, third-party calls) goes
+    # through this one Session, so platform_http_proxy applies to all of them.
+    http = PlatformSession(settings.platform_http_proxy, settings.no_proxy, ca_bundle=ca_bundle_from())
     # Secrets at rest: the grants are sealed like the credentials.
     tickets, account_grants = SqlTicketStore(db, cipher), SqlAccountGrants(db, cipher)
     tokens = _LateTokens()
