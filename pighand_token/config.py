@@ -77,6 +77,9 @@ class Settings:
     worker_lifetime: int = 0
     cpu_affinity: bool = True
     trusted_proxies: tuple[str, ...] = ()
+    proxy_max_body: int = 20 * 1024 * 1024
+    proxy_timeout: float = 30.0
+    proxy_rate_limit: int = 0
 
     @property
     def uses_mysql(self) -> bool:
@@ -179,6 +182,9 @@ RULES: dict[str, _Rule] = {
     "upstream_timeout": _Rule("number", 0),
     "http_header_timeout": _Rule("number", 0),
     "trusted_proxies": _Rule("networks"),
+    "proxy_max_body": _Rule("int", 0),
+    "proxy_timeout": _Rule("number", 0),
+    "proxy_rate_limit": _Rule("int", 0, 1_000_000),
 }
 SECTIONS = ("default", *ENVIRONMENTS)
 _RULES_BY_TYPE = {"str": _Rule("text"), "bool": _Rule("bool"), "int": _Rule("int", 0),
