@@ -263,6 +263,7 @@ class PlatformProxy:
         self.clock = clock
         self._routes: set[str] = set()
         self._routes_mutex = threading.Lock()
+        self._transport: dict[str, dict[str, Any]] = {}
 
     def forward(self, call: ProxyCall) -> ProxyAnswer:
         provider = self.service.providers.get(call.platform)
@@ -359,8 +360,13 @@ class PlatformProxy:
         if isinstance(body, _LimitedBody) and call.content_length is None:
             data = iter(body)  # no length: chunked to the platform too
         try:
-            return self.session.request(call.method, url, headers=sent, data=data, stream=True,
-                                        timeout=self.limits.timeout_s, allow_redirects=False)
+            # Sent by the session's adapter (its pools, and whatever egress
+            # it is given), not through the session itself: the session's
+            # cookie jar would keep one caller's Set-Cookie for the next.
+            prepared = requests.PreparedRequest()
+            prepared.prepare(method=call.method, url=url, headers={**self.session.headers, **sent}, data=data)
+            adapter = self.session.get_adapter(url)
+            return adapter.send(prepared, stream=True, timeout=self.limits.timeout_s, **self._transport_for(base_url))
         except BodyTooLarge:
             raise
         except requests.Timeout:
@@ -371,6 +377,18 @@ class PlatformProxy:
                 raise BodyTooLarge(f"request body over proxy_max_body ({self.limits.max_body} bytes)") from None
             reason = redact(f"{type(exc).__name__}: {exc}", [token.value])
             raise UpstreamError(call.platform, f"cannot reach the platform ({reason})", retryable=True) from None
+
+    def _transport_for(self, base_url: str) -> dict[str, Any]:
+        """The session's proxies, TLS verification and client certificate
+        for ``base_url``, environment included (``HTTPS_PROXY``, ``NO_PROXY``,
+        ``REQUESTS_CA_BUNDLE``), as ``Session.request`` would merge them: worked
+        out once per base, since requests reads the whole environment again on
+        every call (about a third of a proxied call's time)."""
+        found = self._transport.get(base_url)
+        if found is None:
+            merged = self.session.merge_environment_settings(base_url + "/", {}, None, None, None)
+            found = self._transport[base_url] = {name: merged[name] for name in ("proxies", "verify", "cert")}
+        return found
 
     def _inspect(self, answer: requests.Response) -> tuple[int | str | None, bytes | None]:
         """The platform's errcode when the answer is small JSON (its bytes,

@@ -153,7 +153,7 @@ def test_every_platform_declares_its_token_codes_as_the_client_library_knows_the
         provider = REGISTRY[platform]
         if platform == "alipay":
             continue
-        declared = getattr(provider, "__self__").invalid_token_codes
+        declared = provider.__self__.invalid_token_codes  # type: ignore[attr-defined]
         assert declared == codes, platform
 
 
@@ -224,6 +224,9 @@ def test_the_callers_credentials_cookies_and_hop_by_hop_headers_stay_behind(make
     assert answer.headers["X-Upstream"] == "yes" and answer.headers["Set-Cookie"] == "sid=1"
     assert "Keep-Alive" not in answer.headers and "Trailer" not in answer.headers
     assert answer.headers["X-Request-Id"]
+    # A cookie the platform set for one caller is never sent on another's call.
+    app.test_client().post(f"/proxy/wechat/{APP}{ECHO_PATH}", data=b"{}", headers={"X-Api-Key": key})
+    assert "cookie" not in wechat.last(ECHO_PATH)["headers"]  # type: ignore[index]
 
 
 @pytest.mark.parametrize("path", [
