@@ -197,7 +197,9 @@ def _description(auth_required: bool) -> str:
         '`{"code": <HTTP status>, "data": <token or null>, "error": "<message>"}`. '
         "Every answer carries `X-Request-Id`: the caller's own when it matches `[A-Za-z0-9._:-]{1,64}`, "
         "else a new one. A method a path does not allow is answered 405 with `Allow`; an unknown path 404; "
-        "a body over 64 KiB 413.\n\n" + auth
+        "a body over 64 KiB 413 (on `/proxy/...`, over `proxy_max_body`). The `/proxy/...` routes answer "
+        "with the platform's own answer, whatever it is, and with the envelope only for the hub's own "
+        "refusals.\n\n" + auth
     )
 
 
