@@ -4,7 +4,8 @@ with the hub's token added (core/platform_proxy.py does the work).
 Thin like the token routes: the same key and scope check, the request read
 off the WSGI environ as it is (the body stays a stream, so Flask's 64 KiB
 limit for the hub's own routes does not apply: ``proxy_max_body`` does),
-the platform's answer streamed back. Non-GET calls are audited.
+the platform's answer streamed back. Calls other than GET (and HEAD) are
+audited.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def proxy(platform: str, appid: str, path: str) -> Response:
         raw_uri=environ.get("RAW_URI") or environ.get("REQUEST_URI"),
         client=g.get("client"),
     )
-    audit = _container().audit if request.method != "GET" else None
+    audit = _container().audit if request.method not in ("GET", "HEAD") else None
     where = dict(client=g.get("client"), platform=platform, appid=appid, request_id=g.get("request_id"),
                  remote_addr=request.remote_addr)
     proxy: PlatformProxy = _container().proxy

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from tests.conftest import Server
-from tests.e2e.test_workers import seed
+from tests.e2e.test_workers import seed, storage
 from tests.fakes.server import Request
 from tests.fakes.wechat import API_PATH, STABLE_PATH, FakeWeChat
 
@@ -118,9 +119,10 @@ def test_bodies_over_proxy_max_body_are_413_declared_or_chunked(tmp_path: Path, 
         assert requests.post(base + UPLOAD_PATH, data=b"z" * MiB, timeout=30).json()["size"] == MiB
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "redis+sqlite"])
 def test_a_token_rejected_on_two_workers_is_replaced_once_and_every_replay_carries_the_replacement(
-        tmp_path: Path, wechat: FakeWeChat) -> None:
-    settings: dict[str, Any] = {"sqlite_path": str(tmp_path / "p.sqlite3")}
+        tmp_path: Path, wechat: FakeWeChat, kind: str, request: pytest.FixtureRequest) -> None:
+    settings = storage(kind, tmp_path, request)
     seed(settings, (APP, SECRET))
     with Server(tmp_path, workers=2, threads=8, wechat_api_base=wechat.base_url, is_enable_schedule=False,
                 **settings) as server:
