@@ -17,9 +17,11 @@ from werkzeug.routing import BaseConverter
 
 from ..core.errors import PighandError
 from ..core.platform_proxy import PlatformProxy, ProxyCall
-from .api import api_key
+from . import api
 
 bp = Blueprint("proxy", __name__)
+# The token routes' check: a key whose scope covers the app.
+bp.before_request(api.authenticate)
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 ROUTE = "/proxy/<platform>/<appid>/<proxied:path>"
@@ -36,18 +38,6 @@ class ProxiedPath(BaseConverter):
 
 def _container() -> Any:
     return current_app.extensions["pighand"]
-
-
-@bp.before_request
-def _authenticate() -> None:
-    container = _container()
-    g.client = None
-    if not container.settings.auth_required:
-        return
-    client = container.clients.authenticate(api_key())
-    args = request.view_args or {}
-    container.clients.authorize(client, str(args.get("platform", "")), str(args.get("appid", "")))
-    g.client = client.name
 
 
 @bp.route(ROUTE, methods=METHODS)

@@ -96,3 +96,20 @@ def test_a_streamed_body_stops_at_the_limit() -> None:
     assert body.too_large
     declared = _LimitedBody(io.BytesIO(b"y" * 50), 64, 50, prefix=b"")
     assert len(declared) == 50 and b"".join(declared) == b"y" * 50
+
+
+def test_each_platform_declares_where_its_token_goes() -> None:
+    from pighand_token.providers import REGISTRY
+
+    placements = {name: build.__self__.token_placement for name, build in REGISTRY.items()}  # type: ignore[attr-defined]
+    assert placements == {
+        "wechat": QUERY, "wechat_authorizer": QUERY, "wecom": QUERY, "wecom_corp": QUERY,
+        "wechat_component": TokenPlacement(query="component_access_token"),
+        "wecom_suite": TokenPlacement(query="suite_access_token"),
+        "wecom_provider": TokenPlacement(query="provider_access_token"),
+        "feishu": BEARER, "feishu_app": BEARER, "lark": BEARER, "lark_app": BEARER,
+        "dingtalk": TokenPlacement(header="x-acs-dingtalk-access-token"),
+        "alipay": None,
+    }
+    with pytest.raises(ValueError):
+        TokenPlacement()
