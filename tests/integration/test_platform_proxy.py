@@ -13,8 +13,7 @@ import pytest
 
 from pighand_token.app import create_app
 from pighand_token.client import INVALID_TOKEN_CODES
-from pighand_token.core.auth import hash_key, new_key
-from pighand_token.core.domain import Client, Credential
+from pighand_token.core.domain import Credential
 from pighand_token.core.platform_proxy import REPLAY_BODY
 from pighand_token.providers import REGISTRY
 from tests.conftest import app_overrides, storage_overrides
@@ -26,6 +25,7 @@ from tests.fakes.server import Request
 from tests.fakes.wechat import API_PATH, STABLE_PATH, FakeWeChat
 from tests.fakes.wecom import API_PATH as WECOM_API
 from tests.fakes.wecom import FakeWeCom
+from tests.integration.test_security import add_client
 
 APP = "wx_app_1"
 SECRET = "s3cr3t-wx-1"
@@ -96,14 +96,6 @@ def make(tmp_path: Path, request: pytest.FixtureRequest, wechat: FakeWeChat, wec
         credentials.add(Credential("feishu", FEISHU_APP, "fs-S3cr3t-app-0001"))
         return app
     return make_app
-
-
-def add_client(app: Any, name: str, *scopes: str) -> str:
-    key = new_key()
-    container = app.extensions["pighand"]
-    container.clients.repo.add(Client(name, hash_key(key), scopes, time.time()))
-    container.clients.invalidate()
-    return key
 
 
 # -- the token, the platform's way ------------------------------------------------------
