@@ -51,7 +51,7 @@ def when(at: float | None) -> str:
     return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
 
 
-def secret_value(name: str, given: str | None, file: Any) -> str:
+def secret_value(name: str, given: str | None, file: Any, *, allow_empty: bool = False) -> str:
     """A secret from ``--NAME`` (with a warning: the process list and shell
     history show it), ``--NAME-file`` (- for stdin) or a hidden prompt."""
     if given is not None and file is not None:
@@ -63,8 +63,9 @@ def secret_value(name: str, given: str | None, file: Any) -> str:
     elif file is not None:
         value = file.read()
     else:
-        value = click.prompt(name, hide_input=True)
+        value = click.prompt(name, hide_input=True, default="" if allow_empty else None,
+                             show_default=False)
     value = value.strip()
-    if not value:
+    if not value and not allow_empty:
         raise click.ClickException(f"the {name} must not be empty")
     return value

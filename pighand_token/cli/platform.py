@@ -15,7 +15,6 @@ from flask.cli import AppGroup
 from ..core.callbacks import CallbackProvider
 from ..core.domain import Credential, valid_appid
 from ..core.errors import PighandError
-from ..providers.third_party import AppSecrets
 from .common import container as _container
 from .common import friendly as _friendly
 from .common import operator, secret_value
@@ -47,24 +46,39 @@ def _credential_problem(platform: str, appid: str, secret: str) -> str | None:
                                 "prompted for (hidden) when neither is given.")
 @click.option("--secret-file", type=click.File("r", encoding="utf-8"),
               help="Read the secret from a file (e.g. a PEM private key); - for stdin.")
-@click.option("--callback-token", help="Third-party apps (wechat_component, wecom_suite): the callback Token "
-                                        "from the platform's console; prompted for (hidden) when omitted.")
-@click.option("--encoding-aes-key", help="Third-party apps: the callback EncodingAESKey (43 characters); "
+@click.option("--callback-token", help="Third-party apps (wechat_component, wecom_suite, dingtalk_suite): the "
+                                        "callback Token from the platform's console; prompted for (hidden) "
+                                        "when omitted.")
+@click.option("--encoding-aes-key", help="wechat_component, wecom_suite: the callback EncodingAESKey (43 characters); "
                                           "prompted for (hidden) when omitted.")
+@click.option("--aes-key", help="dingtalk_suite: the callback aes_key (43 characters); prompted for (hidden) when "
+                                 "omitted.")
+@click.option("--encrypt-key", help="feishu_store, lark_store: the event Encrypt Key (may be empty: the app then "
+                                     "receives plain events); prompted for (hidden) when omitted.")
+@click.option("--verification-token", help="feishu_store, lark_store: the event Verification Token; prompted for "
+                                            "(hidden) when omitted.")
 @click.option("--update", is_flag=True, help="Replace the secret if the credential exists.")
 @_friendly
-def platform_add(platform: str, appid: str, secret: str | None, secret_file: Any, callback_token: str | None,
-                 encoding_aes_key: str | None, update: bool) -> None:
+def platform_add(platform: str, appid: str, secret: str | None, secret_file: Any, update: bool,
+                 **callback: str | None) -> None:
     """Add a credential."""
     _check(platform, appid)
     secret = secret_value("secret", secret, secret_file)
-    if isinstance(_container().service.providers[platform], CallbackProvider):
-        # The platform signs and encrypts what it pushes with these two.
-        secret = AppSecrets(secret, secret_value("callback-token", callback_token, None),
-                            secret_value("encoding-aes-key", encoding_aes_key, None)).encode()
-    elif callback_token is not None or encoding_aes_key is not None:
-        raise click.ClickException(f"{platform} takes no callback: --callback-token and --encoding-aes-key "
-                                   "are for third-party apps (wechat_component, wecom_suite)")
+    given = {name.replace("_", "-"): value for name, value in callback.items() if value is not None}
+    provider = _container().service.providers[platform]
+    if isinstance(provider, CallbackProvider):
+        extra = sorted(set(given) - set(provider.callback_secrets))
+        if extra:
+            raise click.ClickException(f"{platform} takes no {', '.join('--' + name for name in extra)}; its "
+                                       f"callback options are {', '.join('--' + n for n in provider.callback_secrets)}")
+        # The platform signs (and encrypts) what it pushes with these.
+        secret = provider.seal_secrets(secret, {
+            name: secret_value(name, given.get(name), None,
+                               allow_empty=name in provider.optional_callback_secrets)
+            for name in provider.callback_secrets})
+    elif given:
+        raise click.ClickException(f"{platform} takes no callback: {', '.join('--' + name for name in sorted(given))} "
+                                   "are for third-party apps")
     problem = _credential_problem(platform, appid, secret)
     if problem:
         raise click.ClickException(problem)

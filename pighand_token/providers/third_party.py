@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..core.domain import PushedTicket
 from ..core.errors import BadRequest, Unavailable, UpstreamError
-from ..core.ports import Clock, Counters, TicketStore
+from ..core.ports import Clock, Locks, TicketStore
 from .callback_crypto import MessageCrypto
 
 log = logging.getLogger(__name__)
@@ -57,6 +56,17 @@ class AppSecrets:
         return MessageCrypto(self.callback_token, self.encoding_aes_key, receive_id)
 
 
+class PushedApp:
+    """What a provider whose callback is WXBizMsgCrypt-sealed (WeChat Open
+    Platform, WeCom) declares to ``platform add``."""
+
+    callback_secrets: tuple[str, ...] = ("callback-token", "encoding-aes-key")
+    optional_callback_secrets: tuple[str, ...] = ()
+
+    def seal_secrets(self, secret: str, callback: Mapping[str, str]) -> str:
+        return AppSecrets(secret, callback["callback-token"], callback["encoding-aes-key"]).encode()
+
+
 def check_app_secrets(platform: str, appid: str, stored: str) -> None:
     """Refuse a credential whose callback key cannot be used (BadRequest)."""
     secrets = AppSecrets.parse(stored, platform)
@@ -78,7 +88,9 @@ class TicketWait:
     platform: str
     ticket_name: str  # component_verify_ticket, suite_ticket
     tickets: TicketStore | None
-    counters: Counters | None
+    # The shared leases (Redis, else SQL): one ask per minute, whichever
+    # worker of whichever instance makes it.
+    leases: Locks | None
     clock: Clock
 
     def current(self, appid: str, ask: Callable[[], None]) -> PushedTicket:
@@ -95,14 +107,14 @@ class TicketWait:
     def ask(self, appid: str, ask: Callable[[], None], now: float) -> str:
         """Call ``ask`` (the platform's push-a-ticket-now API) unless some
         worker did within the minute; what happened, for the caller's message."""
-        window = math.floor(now / PUSH_REQUEST_WINDOW_S) * PUSH_REQUEST_WINDOW_S
-        if self.counters is not None:
+        if self.leases is not None:
             try:
-                wait_s = self.counters.hit(f"ticket-push:{self.platform}:{appid}", limit=1, window_start=window,
-                                           window_end=window + PUSH_REQUEST_WINDOW_S, now=now)
+                # A lease, not a counter per clock minute: two asks 0.2 s
+                # apart on either side of a minute's end would both pass that.
+                claimed = self.leases.claim(f"ticket-push:{self.platform}:{appid}", lease_s=PUSH_REQUEST_WINDOW_S)
             except Unavailable:
-                wait_s = None
-            if wait_s is not None:
+                claimed = True
+            if not claimed:
                 return "the platform was asked to push one less than a minute ago"
         try:
             ask()
