@@ -39,6 +39,7 @@ from .core.callbacks import Callbacks
 from .core.crypto import Cipher, load_cipher
 from .core.domain import Token
 from .core.errors import SettingsError, Unavailable
+from .core.platform_proxy import PlatformProxy, ProxyLimits
 from .core.ports import Clock, Cooldowns, Counters, FallbackStore, Locks, NoTokenChanges, TokenChanges, TokenStore
 from .core.service import Policy, TokenService
 from .providers import REGISTRY, ProviderContext
@@ -70,6 +71,8 @@ class Container:
     """Keeps the in-process tier coherent; started by app.start_background."""
     callbacks: Callbacks | None = None
     """What third-party platforms push (tickets, authorizations)."""
+    proxy: PlatformProxy | None = None
+    """Platform API calls sent on with the hub's token (/proxy/...)."""
 
     def key_problem(self, limit: int | None = None) -> str | None:
         """Why ``encryption_key`` is wrong for the stored secrets (it opens
@@ -210,18 +213,24 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
                               locks=locks, counters=counters, tickets=tickets, account_grants=account_grants,
                               tokens=tokens)
     providers = {platform: build(context) for platform, build in REGISTRY.items()}
+    metrics = PrometheusMetrics()
     service = TokenService(
         credentials=credentials, stores=stores, fallback=fallback, locks=locks, providers=providers,
-        cooldowns=cooldowns, counters=counters, metrics=PrometheusMetrics(), clock=clock, policy=policy,
+        cooldowns=cooldowns, counters=counters, metrics=metrics, clock=clock, policy=policy,
         local=memory,
     )
+    # The providers' session: whatever egress it is given applies to proxied calls too.
+    proxy = PlatformProxy(service=service, session=http, counters=counters, metrics=metrics, clock=clock,
+                          limits=ProxyLimits(max_body=settings.proxy_max_body, timeout_s=settings.proxy_timeout,
+                                             rate_limit=settings.proxy_rate_limit))
     tokens.service = service
     audit = Audit(SqlAuditLog(db), clock)
     return Container(settings=settings, db=db, credentials=credentials, stores=stores, locks=locks,
                      service=service, http=http, cipher=cipher, clients=ClientRegistry(SqlClients(db), clock),
                      audit=audit, redis=client, changes=changes,
                      callbacks=Callbacks(service=service, credentials=credentials, tickets=tickets,
-                                         grants=account_grants, audit=audit, clock=clock))
+                                         grants=account_grants, audit=audit, clock=clock),
+                     proxy=proxy)
 
 
 class _LateTokens:

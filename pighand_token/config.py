@@ -87,6 +87,9 @@ class Settings:
     redis_compat_wxjava_prefix: str = "wx"
     redis_compat_wxjava_cp_prefix: str = "wx:cp"
     redis_compat_wechatpy_prefix: str = "wechatpy"
+    proxy_max_body: int = 20 * 1024 * 1024
+    proxy_timeout: float = 30.0
+    proxy_rate_limit: int = 0
 
     @property
     def uses_mysql(self) -> bool:
@@ -203,6 +206,9 @@ RULES: dict[str, _Rule] = {
     "platform_http_proxy": _Rule("text"),
     "no_proxy": _Rule("hosts"),
     "redis_compat": _Rule("choices", choices=REDIS_COMPAT_SDKS),
+    "proxy_max_body": _Rule("int", 0),
+    "proxy_timeout": _Rule("number", 0),
+    "proxy_rate_limit": _Rule("int", 0, 1_000_000),
 }
 SECTIONS = ("default", *ENVIRONMENTS)
 _RULES_BY_TYPE = {"str": _Rule("text"), "bool": _Rule("bool"), "int": _Rule("int", 0),

@@ -17,6 +17,21 @@ from ..core.ports import AccountGrants, Clock, Counters, GrantStore, Locks, Tick
 
 
 @dataclass(frozen=True)
+class TokenPlacement:
+    """Where a platform's business API takes the access token, for the
+    proxy (``/proxy/<platform>/<appid>/<path>``): a query parameter
+    (``query``), or a header (``header``, its value ``prefix`` + token)."""
+
+    query: str | None = None
+    header: str | None = None
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.query is None) == (self.header is None):
+            raise ValueError("a token goes into a query parameter or a header: name one")
+
+
+@dataclass(frozen=True)
 class ProviderContext:
     """What a provider factory may use to build its provider."""
 
@@ -85,6 +100,13 @@ class HttpProvider:
     # True where the platform hands back the same token until it expires and
     # never earlier issues a new one (WeCom).
     keeps_token_until_expiry = False
+    # How the platform's business API takes the token (the proxy adds it
+    # there), or None where there is no app token to add (Alipay signs each
+    # request instead).
+    token_placement: TokenPlacement | None = None
+    # The codes with which the business API rejects a token as invalid,
+    # expired or superseded (the proxy then refreshes it and replays).
+    invalid_token_codes: frozenset[int | str] = frozenset()
 
     def __init__(self, *, session: requests.Session, base_url: str, timeout_s: float, clock: Clock,
                  options: Mapping[str, Any] | None = None, platform: str | None = None) -> None:

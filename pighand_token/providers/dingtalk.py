@@ -16,7 +16,7 @@ import logging
 
 from ..core.domain import Credential, Token
 from ..core.errors import BadRequest, UpstreamError
-from .base import HttpProvider, ProviderContext, redact
+from .base import HttpProvider, ProviderContext, TokenPlacement, redact
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,11 @@ _THROTTLED_PREFIX = "Forbidden.AccessDenied.QpsLimit"
 
 class DingTalkProvider(HttpProvider):
     platform = "dingtalk"
+    # The v1.0 API (api.dingtalk.com, dingtalk_api_base) takes the token in
+    # this header and rejects a bad one with HTTP 400/401 and
+    # {"code": "InvalidAuthentication"} (platform-facts §5).
+    token_placement = TokenPlacement(header="x-acs-dingtalk-access-token")
+    invalid_token_codes: frozenset[int | str] = frozenset({"InvalidAuthentication"})
     appid_pattern = "[A-Za-z0-9_.-]{1,128}"
     appid_example = "ding0123456789abcdef"
 

@@ -36,7 +36,7 @@ from ..core.callbacks import (
 from ..core.domain import AccountGrant, Credential, PushedTicket, Token
 from ..core.errors import BadRequest, MethodRefused, Unavailable, UpstreamError
 from ..core.ports import AccountGrants, TokenSource
-from .base import HttpProvider, ProviderContext
+from .base import HttpProvider, ProviderContext, TokenPlacement
 from .callback_crypto import SignedQuery, open_xml_callback
 from .third_party import AppSecrets, PushedApp, TicketWait, check_app_secrets
 from .wechat import WeChatProvider
@@ -106,6 +106,9 @@ class _WeChatThirdParty(WeChatProvider):
 class WeChatComponentProvider(PushedApp, _WeChatThirdParty):
     platform = COMPONENT
     account_platform = AUTHORIZER
+    # The component API (api_query_auth, api_authorizer_token ...) takes
+    # ?component_access_token=; an authorizer's calls take ?access_token=.
+    token_placement = TokenPlacement(query="component_access_token")
     ticket_types: tuple[str, ...] = ()
     appid_example = "wx0123456789abcdef"
     wait: TicketWait

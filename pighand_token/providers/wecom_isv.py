@@ -43,7 +43,7 @@ from ..core.callbacks import (
 from ..core.domain import AccountGrant, Credential, PushedTicket, Token
 from ..core.errors import BadRequest, MethodRefused, UpstreamError
 from ..core.ports import AccountGrants, TokenSource
-from .base import HttpProvider, ProviderContext, redact
+from .base import HttpProvider, ProviderContext, TokenPlacement, redact
 from .callback_crypto import CallbackRejected, MalformedCallback, SignedQuery, open_xml_callback
 from .third_party import AppSecrets, PushedApp, TicketWait, check_app_secrets
 
@@ -101,6 +101,9 @@ class _WeComService(HttpProvider):
     """WeCom's service-provider API: errcodes, and calls made with a suite token."""
 
     keeps_token_until_expiry = True
+    # A corp's token (wecom_corp) is an access_token like an internal app's.
+    token_placement = TokenPlacement(query="access_token")
+    invalid_token_codes: frozenset[int | str] = frozenset({40014, 42001})
     grants: AccountGrants | None = None
     tokens: TokenSource | None = None
 
@@ -177,6 +180,10 @@ class _WeComService(HttpProvider):
 class WeComSuiteProvider(PushedApp, _WeComService):
     platform = SUITE
     account_platform = CORP
+    # The service API takes ?suite_access_token=; 40082 invalid suite token,
+    # 42009 expired (chanxuehong/wechat corp/error.go; WxJava WxCpErrorMsgEnum).
+    token_placement = TokenPlacement(query="suite_access_token")
+    invalid_token_codes: frozenset[int | str] = frozenset({40082, 42009, 40014, 42001})
     appid_example = "ww0123456789abcdef"
     wait: TicketWait
 
@@ -359,6 +366,9 @@ class WeComCorpProvider(_WeComService):
 
 class WeComProviderTokenProvider(_WeComService):
     platform = PROVIDER
+    # The provider API (get_login_info, get_register_code ...) takes
+    # ?provider_access_token=.
+    token_placement = TokenPlacement(query="provider_access_token")
     appid_pattern = _CORPID.pattern
     appid_example = "ww0123456789abcdef"
 

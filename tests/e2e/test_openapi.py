@@ -90,7 +90,7 @@ def params(doc: dict[str, Any], op: dict[str, Any]) -> dict[str, dict[str, Any]]
 
 def route_of(path: str) -> str:
     """``/token/wechat/{appid}`` -> the Flask route ``/token/{platform}/{appid}``."""
-    return re.sub(r"^/(token|ticket|callback|authorize)/[^/{}]+/", r"/\1/{platform}/", path)
+    return re.sub(r"^/(token|ticket|callback|authorize|proxy)/[^/{}]+/", r"/\1/{platform}/", path)
 
 
 def token_paths(platform: str) -> tuple[str, str]:
