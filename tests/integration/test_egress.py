@@ -115,6 +115,16 @@ def test_ticket_fetches_go_through_the_proxy_too(make: Any, proxy: ForwardProxy,
     assert proxy.count(target(wechat)) == 2  # the token, then the ticket
 
 
+def test_proxied_api_calls_go_through_the_forward_proxy_too(make: Any, proxy: ForwardProxy,
+                                                           wechat: FakeWeChat) -> None:
+    app = make(platform_http_proxy=proxy.url)
+    response = app.test_client().get(f"/proxy/wechat/{WX_APP}/cgi-bin/get_api_domain_ip")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json().get("errcode", 0) == 0 and response.get_json()["ip_list"]
+    assert proxy.count(target(wechat)) == 2  # the token, then the proxied call
+    assert [call["via"] for call in wechat.find("/cgi-bin/get_api_domain_ip")] == [VIA]
+
+
 def test_without_the_setting_platform_calls_go_straight_out_whatever_the_hosts_proxy_variables_say(
         make: Any, wechat: FakeWeChat, monkeypatch: pytest.MonkeyPatch) -> None:
     # A proxy variable left on the host for some other program (here one
