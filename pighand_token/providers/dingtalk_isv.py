@@ -83,7 +83,7 @@ from .callback_crypto import (
 )
 from .dingtalk import HINTS as APP_HINTS
 from .dingtalk import dingtalk_error, is_dingtalk_error
-from .third_party import PUSH_REQUEST_WINDOW_S, AppSecrets, TicketWait
+from .third_party import PUSH_REQUEST_WINDOW_S, AppSecrets, AwaitingTicket, TicketWait
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +121,12 @@ class _ConsolePush(TicketWait):
         return NO_PUSH_API
 
 
-class TicketRefused(UpstreamError):
-    """DingTalk refused the stored ticket (853005): the app waits for a push,
-    as with no ticket at all (503)."""
-
-    status = 503
-
-    def __init__(self, platform: str, message: str) -> None:
-        super().__init__(platform, message, errcode=TICKET_REFUSED)
-        self.headers["Retry-After"] = str(PUSH_REQUEST_WINDOW_S)
+class TicketRefused(AwaitingTicket):
+    """DingTalk refused the stored ticket (853005): it is retired, and the
+    app waits for the next push as with no ticket at all (503). The retired
+    ticket is the rest: no worker calls DingTalk for the suite or any of its
+    corps until a push arrives, and the push ends it for all of them at once
+    (a cooldown would outlast the push for the corps, and answer 502)."""
 
 
 def suite_secrets(stored: str) -> AppSecrets:
@@ -175,9 +172,10 @@ class _DingTalkIsv(HttpProvider):
                 log.info("%s %s: DingTalk refused the suite_ticket pushed at %.0f; trying the newer one",
                          self.platform, suite_key, ticket.created_at)
                 continue
+            log.warning("%s %s: %s", self.platform, suite_key, error.message)
             raise TicketRefused(
-                self.platform, f"{error.platform_message}; waiting for DingTalk to push a new suite_ticket to "
-                f"/callback/{SUITE}/{suite_key}; {NO_PUSH_API}")
+                f"{error.message}; waiting for DingTalk to push a new suite_ticket to /callback/{SUITE}/{suite_key}; "
+                f"{NO_PUSH_API}", retry_after_s=PUSH_REQUEST_WINDOW_S)
         raise AssertionError("unreachable")
 
 
