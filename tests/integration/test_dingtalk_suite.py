@@ -6,6 +6,7 @@ server's callback URL and reads every answer back with dingtalk-sdk."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -408,3 +409,65 @@ def test_authorize_routes_say_dingtalk_needs_no_code(running: Running) -> None:
                          timeout=15)
     assert code.status_code == 400 and "needs no code" in envelope(code)["error"]
     assert running.fake.count() == 0
+
+
+def test_platform_add_prompts_for_the_aes_key_and_stores_the_three_secrets_together(fake: FakeDingTalkSuite,
+                                                                                    tmp_path: Path) -> None:
+    env = clean_env(sqlite_path=str(tmp_path / "pighand.sqlite3"), dingtalk_api_base=fake.base_url,
+                    is_enable_schedule=False)
+    added = run_cli("platform", "add", "dingtalk_suite", SUITE_KEY, input=f"{SUITE_SECRET}\n{CB_TOKEN}\n{AES_KEY}\n",
+                    env=env)
+    assert added.returncode == 0, added.stderr
+    asked = (added.stdout + added.stderr).lower()
+    assert "callback-token" in asked and "aes-key" in asked
+    assert not [s for s in (SUITE_SECRET, CB_TOKEN, AES_KEY) if s in added.stdout + added.stderr]
+    listed = run_cli("platform", "list", env=env)
+    assert SUITE_KEY in listed.stdout and not [s for s in (SUITE_SECRET, CB_TOKEN, AES_KEY) if s in listed.stdout]
+
+
+# -- durability, removal, what operators see ------------------------------------------------
+def test_the_ticket_is_sealed_in_sql_and_the_corp_row_holds_no_code(running: Running) -> None:
+    running.authorize()
+    db = running.container().callbacks.tickets._db
+    [(ticket,)], _ = db.execute("SELECT ticket FROM pushed_ticket")
+    assert ticket.startswith("fernet:") and running.fake.current_ticket(SUITE_KEY) not in ticket
+    [(info,)], _ = db.execute("SELECT info FROM account_grant")
+    codes = [d.message["AuthCode"] for d in running.fake.deliveries if "AuthCode" in d.message]
+    assert codes and not [c for c in codes if c in info]
+
+
+def test_removing_the_suite_stops_serving_its_corps_and_adding_it_back_serves_them_again(running: Running) -> None:
+    fake = running.fake
+    running.authorize()
+    token = envelope(running.get(f"/token/dingtalk_corp/{CORP_APPID}"))["data"]
+    env = clean_env(**running.settings)
+    removed = run_cli("platform", "remove", "dingtalk_suite", SUITE_KEY, env=env)
+    assert removed.returncode == 0, removed.stderr
+    # A worker's memory lets go within local_cache_ttl (5 s), as for every removed credential.
+    deadline = time.monotonic() + 6
+    while True:
+        answers = [running.get(f"/token/dingtalk_corp/{CORP_APPID}") for _ in range(3)]
+        if {a.status_code for a in answers} == {404}:
+            break
+        assert time.monotonic() < deadline, [a.text for a in answers]
+        time.sleep(0.1)
+    assert all(token not in a.text for a in answers)
+    added = run_cli("platform", "add", "dingtalk_suite", SUITE_KEY, "--secret", SUITE_SECRET, "--callback-token",
+                    CB_TOKEN, "--aes-key", AES_KEY, env=env)
+    assert added.returncode == 0, added.stderr
+    # The corp and the ticket were kept: served again with no new push.
+    again = running.get(f"/token/dingtalk_corp/{CORP_APPID}")
+    assert again.status_code == 200 and fake.is_valid(envelope(again)["data"])
+
+
+def test_the_status_page_and_metrics_name_corps_and_no_secret(running: Running) -> None:
+    running.authorize()
+    assert running.get(f"/token/dingtalk_corp/{CORP_APPID}").status_code == 200
+    assert running.get(f"/token/dingtalk_suite/{SUITE_KEY}").status_code == 200
+    page = running.get("/", headers={"Accept": "text/html"})
+    metrics = running.get("/metrics")
+    assert page.status_code == 200 and metrics.status_code == 200
+    assert CORP_APPID in page.text and "dingtalk_corp" in metrics.text and "dingtalk_suite" in metrics.text
+    text = page.text + metrics.text
+    assert not [s[:6] for s in running.secrets() if s in text]
+    running.assert_no_secret_in_log()
