@@ -17,9 +17,9 @@ import requests
 from dingtalk.crypto import DingTalkCrypto
 
 from pighand_token.app import create_app
-from pighand_token.core.domain import TokenKey
+from pighand_token.core.domain import PushedTicket, TokenKey
 from pighand_token.providers.third_party import AppSecrets
-from tests.conftest import Server, clean_env, run_cli
+from tests.conftest import Server, clean_env, run_cli, storage_overrides
 from tests.e2e.test_workers import envelope, seed
 from tests.fakes.dingtalk_suite import CORP, CORP_TOKEN_PATH, SUITE, SUITE_TOKEN_PATH, FakeDingTalkSuite
 
@@ -471,3 +471,26 @@ def test_the_status_page_and_metrics_name_corps_and_no_secret(running: Running) 
     text = page.text + metrics.text
     assert not [s[:6] for s in running.secrets() if s in text]
     running.assert_no_secret_in_log()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mysql", "postgres"])
+def test_a_refused_ticket_is_retired_in_every_sql_store_and_a_newer_push_replaces_it(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    app = create_app(overrides={**storage_overrides(kind, request, tmp_path), "is_enable_schedule": False,
+                                "auth_required": False})
+    tickets = app.extensions["pighand"].callbacks.tickets
+    pushed = PushedTicket("dingtalk_suite", SUITE_KEY, "ticket-one", 1700000000.123, 1700043200.123, 1700000001.0)
+    assert tickets.offer(pushed)
+    assert tickets.retire("dingtalk_suite", SUITE_KEY, pushed.created_at, 1700000100.0)
+    stored = tickets.latest("dingtalk_suite", SUITE_KEY)
+    assert stored is not None and stored.value == "ticket-one" and not stored.valid(1700000100.0)
+    assert not tickets.retire("dingtalk_suite", SUITE_KEY, pushed.created_at, 1700000100.0)  # once
+    tickets.offer(pushed)  # delivered again: still retired
+    again = tickets.latest("dingtalk_suite", SUITE_KEY)
+    assert again is not None and not again.valid(1700000100.0)
+    newer = PushedTicket("dingtalk_suite", SUITE_KEY, "ticket-two", 1700001200.5, 1700044400.5, 1700001201.0)
+    assert tickets.offer(newer)
+    # A worker that saw the old one refused does not retire the newer one.
+    assert not tickets.retire("dingtalk_suite", SUITE_KEY, pushed.created_at, 1700001300.0)
+    latest = tickets.latest("dingtalk_suite", SUITE_KEY)
+    assert latest is not None and latest.value == "ticket-two" and latest.valid(1700001300.0)
