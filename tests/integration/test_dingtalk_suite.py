@@ -236,8 +236,7 @@ def test_change_auth_records_a_corp_whose_authorization_push_was_lost(running: R
 
 
 @pytest.mark.parametrize("sync", [False, True], ids=["http_push", "sync_http_push"])
-def test_suite_relieve_forgets_the_corp_and_a_late_redelivery_does_not_bring_it_back(running: Running,
-                                                                                      sync: bool) -> None:
+def test_suite_relieve_forgets_the_corp_and_redeliveries_undo_nothing(running: Running, sync: bool) -> None:
     fake = running.fake
     running.authorize(sync=sync)
     assert running.get(f"/token/dingtalk_corp/{CORP_APPID}").status_code == 200
@@ -256,6 +255,12 @@ def test_suite_relieve_forgets_the_corp_and_a_late_redelivery_does_not_bring_it_
     calls = fake.count()
     assert running.get(f"/token/dingtalk_corp/{SUITE_KEY}:dingnobody0000001").status_code == 404
     assert fake.count() == calls
+    # Authorized anew, the corp is not forgotten by the old removal delivered late.
+    fake.advance(5)
+    assert fake.authorize(SUITE_KEY, CORP_ID, sync=sync).ok
+    assert fake.redeliver(removal).ok
+    assert [g.account for g in running.grants()] == [CORP_ID]
+    assert running.get(f"/token/dingtalk_corp/{CORP_APPID}").status_code == 200
 
 
 def test_a_sync_push_carries_several_rows_handled_in_order(running: Running) -> None:
