@@ -25,9 +25,12 @@ every worker at once, so nothing calls DingTalk with it again.
 
 Event names, as DingTalk's SDKs spell them (checked in dingtalk-sdk 1.3.8
 ``dingtalk/core/constants.py`` ``SuitePushType`` and
-``dingtalk/client/isv.py`` ``ISVClient.proc_message``; the open-dingtalk
-``DingTalk-Callback-Crypto`` samples; EasyDingTalk's
-``OpenDev/Endpoint/DingCallback/BizData/SyncAction.php``):
+``dingtalk/client/isv.py`` ``ISVClient.proc_message``; the sync HTTP push in
+APITable's DingTalk starter, ``DingTalkEventTag`` / ``SyncHttpPushHighEvent``
+/ ``BaseSyncHttpBizData``, and a PHP EasyDingTalk port's
+``OpenDev/Endpoint/DingCallback/BizData/SyncAction.php``; the token calls in
+Alibaba Cloud's generated DingTalk SDKs, ``oauth2_1_0`` ``GetSuiteAccessToken``
+and ``GetCorpAccessToken``):
 
 - HTTP push, ``EventType``: ``check_url``, ``check_create_suite_url``,
   ``check_update_suite_url`` (URL checks: answered with the encrypted
