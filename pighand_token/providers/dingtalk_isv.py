@@ -163,6 +163,10 @@ class _DingTalkIsv(HttpProvider):
             status, body = self.request_json(
                 "POST", path, secrets=hidden, accept_status=True,
                 json={"suiteKey": suite_key, "suiteSecret": secrets.secret, **payload, "suiteTicket": ticket.value})
+            errcode = body.get("errcode")
+            if errcode not in (None, 0, "0") and "code" not in body:
+                # The old API's shape ({"errcode": 853005, "errmsg"}), should the gateway answer so.
+                body = {"code": str(errcode), "message": body.get("errmsg"), "requestid": body.get("request_id")}
             if not is_dingtalk_error(status, body):
                 return _token(self.platform, body, started)
             error = dingtalk_error(self.platform, status, body, hidden, hints=HINTS)

@@ -179,6 +179,26 @@ def test_a_refused_ticket_is_retired_503_awaiting_until_the_next_push(running: R
     running.assert_no_secret_in_log()
 
 
+def test_a_corp_token_refused_for_its_ticket_in_either_shape_waits_for_the_next_push(running: Running) -> None:
+    fake = running.fake
+    for shape in ({"errcode": 853005, "errmsg": "签名中套件ticket参数无效"}, None):
+        running.authorize()
+        if shape is None:
+            fake.issue_ticket(SUITE_KEY)  # the new API's answer: HTTP 400 {"code": "853005"}
+        else:
+            fake.fail_next(1, 200, shape, path=CORP_TOKEN_PATH)
+        answer = running.get(f"/token/dingtalk_corp/{CORP_APPID}")
+        assert answer.status_code == 503, answer.text
+        assert "853005" in envelope(answer)["error"] and "developer console" in envelope(answer)["error"]
+        calls = fake.count(CORP_TOKEN_PATH)
+        assert running.get(f"/token/dingtalk_corp/{CORP_APPID}").status_code == 503
+        assert running.get(f"/token/dingtalk_suite/{SUITE_KEY}").status_code == 503  # retired for the suite too
+        assert fake.count(CORP_TOKEN_PATH) == calls and fake.count(SUITE_TOKEN_PATH) == 0
+        fake.advance(60)
+    assert fake.push_ticket(SUITE_KEY).ok
+    assert running.get(f"/token/dingtalk_corp/{CORP_APPID}").status_code == 200
+
+
 # -- corps ----------------------------------------------------------------------------
 @pytest.mark.parametrize("sync", [False, True], ids=["http_push", "sync_http_push"])
 def test_an_authorized_corp_is_recorded_and_its_token_made_from_the_ticket(running: Running, sync: bool) -> None:
