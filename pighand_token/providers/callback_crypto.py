@@ -24,7 +24,7 @@ produce always pads with 1 to 32 equal bytes, so anything else here is a
 message that was not made with this key and is refused.
 
 Two errors leave this module: :class:`CallbackRejected` (not authentic, or
-does not decrypt: 403) and :class:`MalformedCallback` (the body is not the
+does not decrypt: 401) and :class:`MalformedCallback` (the body is not the
 shape the platform sends, or is XML with a DTD: 400). Neither text ever
 contains the token, the key or decrypted content. Body size is the caller's
 to limit, before parsing.

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..core.domain import PushedTicket
 from ..core.errors import BadRequest, Unavailable, UpstreamError
-from ..core.ports import Clock, Counters, TicketStore
+from ..core.ports import Clock, Locks, TicketStore
 from .callback_crypto import MessageCrypto
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,9 @@ class TicketWait:
     platform: str
     ticket_name: str  # component_verify_ticket, suite_ticket
     tickets: TicketStore | None
-    counters: Counters | None
+    # The shared leases (Redis, else SQL): one ask per minute, whichever
+    # worker of whichever instance makes it.
+    leases: Locks | None
     clock: Clock
     # The life a pushed ticket is given, where the platform may refuse one
     # before its end (retire): a ticket that ended sooner was refused.
@@ -124,14 +125,14 @@ class TicketWait:
     def ask(self, appid: str, ask: Callable[[], None], now: float) -> str:
         """Call ``ask`` (the platform's push-a-ticket-now API) unless some
         worker did within the minute; what happened, for the caller's message."""
-        window = math.floor(now / PUSH_REQUEST_WINDOW_S) * PUSH_REQUEST_WINDOW_S
-        if self.counters is not None:
+        if self.leases is not None:
             try:
-                wait_s = self.counters.hit(f"ticket-push:{self.platform}:{appid}", limit=1, window_start=window,
-                                           window_end=window + PUSH_REQUEST_WINDOW_S, now=now)
+                # A lease, not a counter per clock minute: two asks 0.2 s
+                # apart on either side of a minute's end would both pass that.
+                claimed = self.leases.claim(f"ticket-push:{self.platform}:{appid}", lease_s=PUSH_REQUEST_WINDOW_S)
             except Unavailable:
-                wait_s = None
-            if wait_s is not None:
+                claimed = True
+            if not claimed:
                 return "the platform was asked to push one less than a minute ago"
         try:
             ask()

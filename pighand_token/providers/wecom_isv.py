@@ -181,7 +181,7 @@ class WeComSuiteProvider(PushedApp, _WeComService):
     wait: TicketWait
 
     def _setup(self, ctx: ProviderContext) -> None:
-        self.wait = _NoPushRequest(SUITE, "suite_ticket", ctx.tickets, ctx.counters, ctx.clock)
+        self.wait = _NoPushRequest(SUITE, "suite_ticket", ctx.tickets, ctx.locks, ctx.clock)
 
     def check_credential(self, appid: str, secret: str) -> None:
         check_app_secrets(self.platform, appid, secret)
@@ -240,7 +240,8 @@ class WeComSuiteProvider(PushedApp, _WeComService):
                 raise MalformedCallback(f"{info_type} message without AuthCode")
             # The message names no corp: a redelivery is known by the code
             # its grant remembers.
-            return AccountAuthorized(info_type, self._account_of(credential.appid, code), code)
+            return AccountAuthorized(info_type, self._account_of(credential.appid, code), code,
+                                     _number(message.get("TimeStamp")))
         if info_type == "change_auth":
             corpid = message.get("AuthCorpId", "")
             if not corpid:
@@ -252,7 +253,9 @@ class WeComSuiteProvider(PushedApp, _WeComService):
             corpid = message.get("AuthCorpId", "")
             if not corpid:
                 raise MalformedCallback("cancel_auth message without AuthCorpId")
-            return AccountRemoved(info_type, corpid)
+            # Dated, so that a late redelivery after the corp installed again
+            # forgets nothing.
+            return AccountRemoved(info_type, corpid, _number(message.get("TimeStamp")))
         return Ignored(info_type or "(no InfoType)")
 
     def _account_of(self, suite_id: str, code: str) -> str:
@@ -346,7 +349,12 @@ class WeComCorpProvider(_WeComService):
         grant = self.grants.get(CORP, suite_id, corpid)
         if grant is None:
             raise UpstreamError(self.platform, self.account_error(credential.appid) or "no grant")
-        return self._corp_token(suite_id, corpid, grant.secret)
+        token = self._corp_token(suite_id, corpid, grant.secret)
+        if self.grants.get(CORP, suite_id, corpid) is None:
+            # Uninstalled (cancel_auth) while the token was asked for: it must
+            # not be stored after the corp was forgotten.
+            raise UpstreamError(self.platform, self.account_error(credential.appid) or "no grant")
+        return token
 
 
 class WeComProviderTokenProvider(_WeComService):
