@@ -148,7 +148,7 @@ class _DingTalkIsv(HttpProvider):
         provider = cls(session=ctx.session, base_url=ctx.settings.dingtalk_api_base,
                        timeout_s=ctx.settings.upstream_timeout, clock=ctx.clock)
         provider.grants = ctx.account_grants
-        provider.wait = _ConsolePush(SUITE, "suite_ticket", ctx.tickets, ctx.counters, ctx.clock, TICKET_LIFE_S)
+        provider.wait = _ConsolePush(SUITE, "suite_ticket", ctx.tickets, ctx.locks, ctx.clock, TICKET_LIFE_S)
         return provider
 
     def _with_ticket(self, suite_key: str, stored: str, path: str, payload: dict[str, str]) -> Token:
