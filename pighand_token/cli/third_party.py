@@ -1,5 +1,6 @@
 """Commands for third-party apps' accounts: ``pighand-token wechat
-authorizers|authorize-url`` and ``pighand-token wecom corps|authorize-url``.
+authorizers|authorize-url``, ``pighand-token wecom corps|authorize-url`` and
+``pighand-token dingtalk corps``.
 
 They show who authorized an app, since when, the state of the account's
 token and its last error; never a token, refresh token or permanent code.
@@ -17,6 +18,7 @@ from .common import friendly as _friendly
 
 wechat_cli = AppGroup("wechat", help="WeChat Open Platform components: the accounts that authorized them.")
 wecom_cli = AppGroup("wecom", help="WeCom third-party suites: the corps that installed them.")
+dingtalk_cli = AppGroup("dingtalk", help="DingTalk third-party enterprise apps: the corps that authorized them.")
 
 
 def _when(epoch: float | None) -> str:
@@ -84,3 +86,11 @@ def wecom_corps(suite_id: str) -> None:
 def wecom_authorize_url(suite_id: str, redirect_uri: str, state: str) -> None:
     """Print an install page URL with a fresh pre_auth_code."""
     _authorize_url("wecom_suite", suite_id, redirect_uri, {"state": state})
+
+
+@dingtalk_cli.command("corps")
+@click.argument("suite_key")
+@_friendly
+def dingtalk_corps(suite_key: str) -> None:
+    """List the corps that authorized SUITE_KEY (never their tokens)."""
+    _accounts("dingtalk_suite", "dingtalk_corp", suite_key, "corp")

@@ -101,8 +101,17 @@ class Ignored:
     event: str
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Several messages in one push (DingTalk's sync HTTP push carries a
+    list of rows), handled in order and acknowledged together: ``success``
+    once every one is stored."""
+
+    messages: tuple[TicketPushed | AccountAuthorized | AccountSeen | AccountChanged | AccountRemoved | Ignored, ...]
+
+
 CallbackMessage = (UrlCheck | TicketPushed | AccountAuthorized | AccountSeen | AccountChanged | AccountRemoved
-                   | Ignored)
+                   | Ignored | Batch)
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,14 @@ class Callbacks:
         where = dict(platform=platform, appid=appid, request_id=request_id, remote_addr=remote_addr)
         if isinstance(message, UrlCheck):
             return CallbackReply(message.echo, message.content_type)
+        for one in message.messages if isinstance(message, Batch) else (message,):
+            self._apply(provider, credential, one, where)
+        return provider.reply(credential, "success")
+
+    def _apply(self, provider: CallbackProvider, credential: Credential,
+               message: TicketPushed | AccountAuthorized | AccountSeen | AccountChanged | AccountRemoved | Ignored,
+               where: dict[str, str | None]) -> None:
+        platform, appid = credential.platform, credential.appid
         if isinstance(message, TicketPushed):
             self._ticket(message.ticket)
         elif isinstance(message, AccountAuthorized):
@@ -180,7 +197,6 @@ class Callbacks:
         else:
             log.info("%s/%s: acknowledged an event this service does not use: %s", platform, appid,
                      message.event)
-        return provider.reply(credential, "success")
 
     def _ticket(self, ticket: PushedTicket) -> None:
         if self.tickets.offer(ticket):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from .alipay import AlipayProvider
 from .base import HttpProvider, ProviderContext
 from .dingtalk import DingTalkProvider
+from .dingtalk_isv import DingTalkCorpProvider, DingTalkSuiteProvider
 from .feishu import FeishuProvider
 from .wechat import WeChatProvider
 from .wechat_open import WeChatAuthorizerProvider, WeChatComponentProvider
@@ -28,6 +29,8 @@ REGISTRY: dict[str, Callable[[ProviderContext], HttpProvider]] = {
     "wecom_suite": WeComSuiteProvider.build,
     "wecom_corp": WeComCorpProvider.build,
     "wecom_provider": WeComProviderTokenProvider.build,
+    "dingtalk_suite": DingTalkSuiteProvider.build,
+    "dingtalk_corp": DingTalkCorpProvider.build,
 }
 
 __all__ = ["REGISTRY", "HttpProvider", "ProviderContext"]

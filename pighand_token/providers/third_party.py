@@ -37,9 +37,12 @@ class AppSecrets:
                            "encoding_aes_key": self.encoding_aes_key}, sort_keys=True)
 
     @classmethod
-    def parse(cls, stored: str, platform: str) -> AppSecrets:
+    def parse(cls, stored: str, platform: str, *, key_option: str = "encoding-aes-key",
+              key_name: str = "EncodingAESKey") -> AppSecrets:
         """The three secrets of a stored credential, or BadRequest saying
-        how to add it (never echoing what was stored)."""
+        how to add it (never echoing what was stored). ``key_option`` and
+        ``key_name`` name the callback key as the platform and ``platform
+        add`` do (DingTalk: ``--aes-key``, aes_key)."""
         try:
             fields = json.loads(stored)
         except ValueError:
@@ -48,12 +51,12 @@ class AppSecrets:
                 isinstance(fields.get(name), str) and fields[name]
                 for name in ("secret", "callback_token", "encoding_aes_key")):
             raise BadRequest(f"a {platform} credential holds the app secret, the callback token and the "
-                             f"EncodingAESKey: add it with 'pighand-token platform add {platform} <appid> "
-                             "--secret ... --callback-token ... --encoding-aes-key ...'")
+                             f"{key_name}: add it with 'pighand-token platform add {platform} <appid> "
+                             f"--secret ... --callback-token ... --{key_option} ...'")
         return cls(fields["secret"], fields["callback_token"], fields["encoding_aes_key"])
 
-    def crypto(self, receive_id: str) -> MessageCrypto:
-        return MessageCrypto(self.callback_token, self.encoding_aes_key, receive_id)
+    def crypto(self, receive_id: str, *, setting: str = "EncodingAESKey") -> MessageCrypto:
+        return MessageCrypto(self.callback_token, self.encoding_aes_key, receive_id, setting=setting)
 
 
 class PushedApp:
@@ -92,6 +95,9 @@ class TicketWait:
     # worker of whichever instance makes it.
     leases: Locks | None
     clock: Clock
+    # The life a pushed ticket is given, where the platform may refuse one
+    # before its end (retire): a ticket that ended sooner was refused.
+    life_s: float | None = None
 
     def current(self, appid: str, ask: Callable[[], None]) -> PushedTicket:
         ticket = self.tickets.latest(self.platform, appid) if self.tickets is not None else None
@@ -99,10 +105,22 @@ class TicketWait:
         if ticket is not None and ticket.valid(now):
             return ticket
         asked = self.ask(appid, ask, now)
-        state = "none has been received" if ticket is None else "the last one received has expired"
+        if ticket is None:
+            state = "none has been received"
+        elif self.life_s is not None and ticket.expires_at < ticket.created_at + self.life_s:
+            state = "the platform refused the last one received"
+        else:
+            state = "the last one received has expired"
         raise AwaitingTicket(
             f"{self.platform} {appid}: waiting for the platform to push a {self.ticket_name} to "
             f"/callback/{self.platform}/{appid} ({state}); {asked}", retry_after_s=PUSH_REQUEST_WINDOW_S)
+
+    def retire(self, ticket: PushedTicket) -> bool:
+        """The platform refused ``ticket``: no worker uses it again, and the
+        app waits for the next push (a newer one stored meanwhile stays)."""
+        if self.tickets is None:
+            return False
+        return self.tickets.retire(ticket.platform, ticket.appid, ticket.created_at, self.clock())
 
     def ask(self, appid: str, ask: Callable[[], None], now: float) -> str:
         """Call ``ask`` (the platform's push-a-ticket-now API) unless some

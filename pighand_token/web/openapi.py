@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
@@ -380,6 +380,47 @@ _AUTHORIZE_OPTIONS: dict[str, tuple[tuple[str, str, Json], ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class _CallbackFormat:
+    """How a third-party platform's pushes and our answers look, for the document."""
+
+    signature: tuple[tuple[str, str], ...] = (("msg_signature", "The platform's signature of the message."),
+                                              ("timestamp", "Signed with it."), ("nonce", "Signed with it."))
+    body: str = ("The platform's XML envelope (`<xml><Encrypt>...`), as it sends it (text/xml); the body is read "
+                 "whatever its Content-Type.")
+    message: str = ("The platform's encrypted XML message: a ticket (stored; an older one never replaces a newer), "
+                    "an authorization (its code exchanged at once, the grant and the account's token stored), a "
+                    "change, or a removal (the account and its tokens forgotten). Redeliveries are idempotent; "
+                    "unknown events are acknowledged. XML entities are not expanded: malformed XML is 400. No key: "
+                    "the signature authenticates.")
+    reply: Json = field(default_factory=lambda: {
+        "description": "`success` (or, for a URL check, the decrypted `echostr`), sent once what the message "
+                       "carries is stored.",
+        "content": {"text/plain": {"schema": {"type": "string"}}}})
+
+
+_CALLBACK_FORMATS: dict[str, _CallbackFormat] = {
+    "dingtalk_suite": _CallbackFormat(
+        signature=(("signature", "The platform's signature of the message (DingTalk's name for it)."),
+                   ("msg_signature", "The same signature under the name DingTalk's newer pushes use; one of "
+                                     "the two is required."),
+                   ("timestamp", "Signed with it (milliseconds)."), ("nonce", "Signed with it.")),
+        body="DingTalk's JSON `{\"encrypt\": \"...\"}`; the body is read whatever its Content-Type.",
+        message="DingTalk's encrypted JSON event: a URL check (`check_url`, `check_create_suite_url`, "
+                "`check_update_suite_url`), a `suite_ticket` (stored; an older one never replaces a newer), a "
+                "corp's authorization (`tmp_auth_code`, `change_auth`: the corp recorded), its removal "
+                "(`suite_relieve`: the corp and its tokens forgotten), or a sync HTTP push "
+                "(`SYNC_HTTP_PUSH_HIGH`: the same events as rows). Redeliveries are idempotent; unknown events are "
+                "acknowledged. No key: the signature authenticates.",
+        reply={"description": "The encrypted JSON of `success` that DingTalk waits for, URL checks included, sent "
+                              "once what the message carries is stored.",
+               "content": {"application/json": {"schema": {
+                   "type": "object", "required": ["msg_signature", "timeStamp", "nonce", "encrypt"],
+                   "properties": {name: {"type": "string"} for name in (
+                       "msg_signature", "timeStamp", "nonce", "encrypt")}}}}}),
+}
+
+
 def _third_party_operations(forms: Mapping[str, AppidForm], third_party: Sequence[str], auth_required: bool,
                             secured: list[Json]) -> Iterable[tuple[str, str, str, Json]]:
     """The callback a third-party platform pushes to (no key: the platform
@@ -393,17 +434,14 @@ def _third_party_operations(forms: Mapping[str, AppidForm], third_party: Sequenc
         "headers": _headers(),
         "content": _json({"$ref": "#/components/schemas/Unauthorized"}),
     }}
-    replied: Json = {"description": "`success` (or, for a URL check, the decrypted `echostr`), sent once what "
-                                    "the message carries is stored.",
-                     "headers": _headers(), "content": {"text/plain": {"schema": {"type": "string"}}}}
     for platform in sorted(third_party):
         form, name = forms[platform], _camel(platform)
+        shape = _CALLBACK_FORMATS.get(platform, _CallbackFormat())
+        replied: Json = {**shape.reply, "headers": _headers()}
         appid = _param("appid", "path", f"The app's id on {platform} (as `platform add` stored it).",
                        _appid_schema(form), example=form.example)
         callback = f"/callback/{platform}/{{appid}}"
-        signature = [_param(field, "query", text, {"type": "string"}) for field, text in (
-            ("msg_signature", "The platform's signature of the message."), ("timestamp", "Signed with it."),
-            ("nonce", "Signed with it."))]
+        signature = [_param(name_, "query", text, {"type": "string"}) for name_, text in shape.signature]
         # Exchanging a pushed authorization code is a platform call: 502/504.
         pushed = [400, *local_only, 404, 405, 500, 502, 503, 504]
         yield CALLBACK_ROUTE, callback, "get", {
@@ -423,17 +461,12 @@ def _third_party_operations(forms: Mapping[str, AppidForm], third_party: Sequenc
             "tags": ["third-party"],
             "operationId": f"push{name}Callback",
             "summary": f"{platform}: what the platform pushes",
-            "description": "The platform's encrypted XML message: a ticket (stored; an older one never replaces "
-                           "a newer), an authorization (its code exchanged at once, the grant and the account's "
-                           "token stored), a change, or a removal (the account and its tokens forgotten). "
-                           "Redeliveries are idempotent; unknown events are acknowledged. XML entities are not "
-                           "expanded: malformed XML is 400. No key: the signature authenticates.",
+            "description": shape.message,
             "parameters": [appid, *signature, request_id],
             # Read as raw bytes whatever the Content-Type (the platforms send text/xml); declared as
             # octet-stream because client generators (openapi-python-client) cannot type an XML body.
             "requestBody": {"required": True,
-                            "description": "The platform's XML envelope (`<xml><Encrypt>...`), as it sends it "
-                                           "(text/xml); the body is read whatever its Content-Type.",
+                            "description": shape.body,
                             "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                                 "format": "binary"}}}},
             "security": [],
