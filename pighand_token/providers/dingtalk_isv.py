@@ -85,7 +85,7 @@ from .callback_crypto import (
     parse_dingtalk_body,
 )
 from .dingtalk import HINTS as APP_HINTS
-from .dingtalk import dingtalk_error, is_dingtalk_error
+from .dingtalk import DingTalkProvider, dingtalk_error, is_dingtalk_error
 from .third_party import PUSH_REQUEST_WINDOW_S, AppSecrets, AwaitingTicket, TicketWait
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,9 @@ def suite_secrets(stored: str) -> AppSecrets:
 class _DingTalkIsv(HttpProvider):
     """Calls made with the suite's secret and its latest pushed ticket."""
 
+    # Suite and corp tokens are used on the v1.0 API as an app's is.
+    token_placement = DingTalkProvider.token_placement
+    invalid_token_codes = DingTalkProvider.invalid_token_codes
     grants: AccountGrants | None = None
     wait: TicketWait
 
