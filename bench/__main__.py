@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from bench import isv_scale, rss, slow_platform, stampede, throughput
+from bench import isv_scale, proxy, rss, slow_platform, stampede, throughput
 from bench.harness import WRK_CONNECTIONS, WRK_THREADS, BenchError, WrkResult, wrk_path
 from bench.ours import Store
 from bench.report import Check, Row, Summary, print_table, ratio
@@ -38,7 +38,7 @@ from tests.fakes.wechat import FakeWeChat
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
-KEYS = (*throughput.KEYS, "slow_platform", "rss", "stampede", "isv_scale")
+KEYS = (*throughput.KEYS, "slow_platform", "rss", "stampede", "isv_scale", "proxy")
 STAMPEDE_REQUESTS = 200
 STAMPEDE_LATENCY_S = 0.2
 
@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     slow_runs: list[slow_platform.SlowResult] = []
     rss_result: rss.RssResult | None = None
     isv_result: isv_scale.IsvScaleResult | None = None
+    proxy_result: proxy.ProxyResult | None = None
     stampede_results: list[stampede.Result] = []
     stampede_skipped: list[str] = []
     platform_calls = 0
@@ -183,9 +184,14 @@ def run(args: argparse.Namespace) -> int:
                   f"{isv_scale.INTERVAL_S} s ...", flush=True)
             isv_result = isv_scale.measure(tmp)
             print(isv_scale.describe(isv_result), flush=True)
+        if "proxy" in wanted:
+            print("proxy: a business API GET to the fake WeChat, directly and through /proxy/ ...", flush=True)
+            proxy_result = proxy.measure(tmp, duration_s, args.wait_quiet)
+            print(proxy.describe(proxy_result), flush=True)
 
     summaries = {key: Summary.of(rs) for key, rs in runs.items()}
-    rows = build_rows(summaries, slow_runs, rss_result, stampede_results, stampede_skipped, isv_result)
+    rows = build_rows(summaries, slow_runs, rss_result, stampede_results, stampede_skipped, isv_result,
+                      proxy_result)
     print()
     print_table(rows, rounds=args.rounds)
     print(f"\nratios: this row's req/s over the named scenario's (p99: this row's p99 over its p99); medians of "
@@ -211,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
             "rss": asdict(rss_result) if rss_result else None,
             "stampede": {"results": [asdict(r) for r in stampede_results], "skipped": stampede_skipped},
             "isv_scale": asdict(isv_result) if isv_result else None,
+            "proxy": asdict(proxy_result) if proxy_result else None,
             "checks": [asdict(c) | {"verdict": c.verdict} for c in checks],
             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -223,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
 
 def build_rows(s: dict[str, Summary], slow_runs: list[slow_platform.SlowResult], rss_result: rss.RssResult | None,
                stampede_results: list[stampede.Result], stampede_skipped: list[str],
-               isv_result: isv_scale.IsvScaleResult | None = None) -> list[Row]:
+               isv_result: isv_scale.IsvScaleResult | None = None,
+               proxy_result: proxy.ProxyResult | None = None) -> list[Row]:
     rows: dict[str, Row] = {sc.key: Row(sc.key, sc.server, s[sc.key]) for sc in throughput.SCENARIOS if sc.key in s}
 
     def rps(a: str, b: str) -> float | None:
@@ -315,6 +323,12 @@ def build_rows(s: dict[str, Summary], slow_runs: list[slow_platform.SlowResult],
         for i, mb in enumerate(r.workers_mb):
             out.append(Row(f"isv_scale rss worker {i + 1}", "",
                            checks=[Check(f"{mb:.1f} MB", "", None, mb, f"isv_rss_worker_{i + 1}")]))
+    if proxy_result is not None:
+        r = proxy_result
+        out.append(Row("proxy direct", "fake WeChat API, token in the query", Summary.of([r.direct])))
+        out.append(Row("proxy via hub", "/proxy/wechat/..., serve -w 2", Summary.of([r.proxied]),
+                       checks=[Check(f"{r.rps_ratio:.2f}x direct", "", None, r.rps_ratio, "proxy_vs_direct")],
+                       notes=[f"added p50 {r.added_p50_ms:+.2f} ms, p99 {r.added_p99_ms:+.2f} ms"]))
     return out
 
 

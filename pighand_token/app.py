@@ -23,7 +23,7 @@ from .core.proxies import TrustedProxies, parse_networks
 from .core.service import ANSWERED_BY
 from .logs import ACCESS, HideQuerySecrets, JsonFormatter, request_event, request_id
 from .scheduler import RefreshScheduler
-from .web import api, callbacks, envelope, openapi, ops, status_page
+from .web import api, callbacks, envelope, openapi, ops, platform_proxy, status_page
 from .web.fastpath import FastPath
 from .web.proxies import ProxyHeaders
 
@@ -67,6 +67,8 @@ def create_app(settings: Settings | None = None, *, overrides: Mapping[str, Any]
     app.register_blueprint(openapi.bp)
     app.register_blueprint(status_page.bp)
     app.register_blueprint(ops.bp)
+    app.url_map.converters["proxied"] = platform_proxy.ProxiedPath
+    app.register_blueprint(platform_proxy.bp)
     cli.register(app)
     if settings.fast_path:
         app.wsgi_app = FastPath(app.wsgi_app, container)  # type: ignore[method-assign]

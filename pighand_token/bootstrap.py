@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 
 import requests
 
+from .adapters.egress import PlatformSession, ca_bundle_from
 from .adapters.fallback import FallbackCooldowns, FallbackCounters, FallbackLocks
 from .adapters.grants import SqlGrantStore
 from .adapters.memory import MemoryLocks, MemoryTokenStore
 from .adapters.prometheus import PrometheusMetrics
+from .adapters.redis_compat import RedisCompat
 from .adapters.sql import (
     Database,
     MySQLParams,
@@ -37,6 +39,7 @@ from .core.callbacks import Callbacks
 from .core.crypto import Cipher, load_cipher
 from .core.domain import Token
 from .core.errors import SettingsError, Unavailable
+from .core.platform_proxy import PlatformProxy, ProxyLimits
 from .core.ports import Clock, Cooldowns, Counters, FallbackStore, Locks, NoTokenChanges, TokenChanges, TokenStore
 from .core.service import Policy, TokenService
 from .providers import REGISTRY, ProviderContext
@@ -68,6 +71,8 @@ class Container:
     """Keeps the in-process tier coherent; started by app.start_background."""
     callbacks: Callbacks | None = None
     """What third-party platforms push (tickets, authorizations)."""
+    proxy: PlatformProxy | None = None
+    """Platform API calls sent on with the hub's token (/proxy/...)."""
 
     def key_problem(self, limit: int | None = None) -> str | None:
         """Why ``encryption_key`` is wrong for the stored secrets (it opens
@@ -123,6 +128,16 @@ def build_database(settings: Settings) -> Database:
     return Database(sqlite_path=settings.sqlite_path)
 
 
+def build_redis_compat(settings: Settings) -> RedisCompat | None:
+    """The SDK keys written beside each token (``redis_compat``), or None."""
+    if not settings.redis_compat:
+        return None
+    return RedisCompat(settings.redis_compat, wxjava_prefix=settings.redis_compat_wxjava_prefix,
+                       wxjava_cp_prefix=settings.redis_compat_wxjava_cp_prefix,
+                       wechatpy_prefix=settings.redis_compat_wechatpy_prefix,
+                       wechat_stable=settings.wechat_token_mode == "stable")
+
+
 def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
     db = build_database(settings)
     cipher = load_cipher(settings)
@@ -157,7 +172,8 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
         breaker = redis_adapters.Breaker()
         prefix = settings.redis_key_prefix
         redis_store = redis_adapters.RedisTokenStore(client, clock=clock, margin_s=settings.corn_interval,
-                                                     key_prefix=prefix, breaker=breaker)
+                                                     key_prefix=prefix, breaker=breaker,
+                                                     compat=build_redis_compat(settings))
         # save_model auto: in-process + Redis, with SQL taking the tokens
         # only while Redis is down; all: every tier, always.
         stores = [*local, redis_store]
@@ -187,8 +203,9 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
         cooldowns = SqlCooldowns(db)
         counters = SqlCounters(db)
 
-    http = requests.Session()
-    http.headers["User-Agent"] = "pighand-token"
+    # Every platform call (token and ticket fetches, third-party calls) goes
+    # through this one Session, so platform_http_proxy applies to all of them.
+    http = PlatformSession(settings.platform_http_proxy, settings.no_proxy, ca_bundle=ca_bundle_from())
     # Secrets at rest: the grants are sealed like the credentials.
     tickets, account_grants = SqlTicketStore(db, cipher), SqlAccountGrants(db, cipher)
     tokens = _LateTokens()
@@ -196,18 +213,24 @@ def bootstrap(settings: Settings, *, clock: Clock = time.time) -> Container:
                               locks=locks, counters=counters, tickets=tickets, account_grants=account_grants,
                               tokens=tokens)
     providers = {platform: build(context) for platform, build in REGISTRY.items()}
+    metrics = PrometheusMetrics()
     service = TokenService(
         credentials=credentials, stores=stores, fallback=fallback, locks=locks, providers=providers,
-        cooldowns=cooldowns, counters=counters, metrics=PrometheusMetrics(), clock=clock, policy=policy,
+        cooldowns=cooldowns, counters=counters, metrics=metrics, clock=clock, policy=policy,
         local=memory,
     )
+    # The providers' session: whatever egress it is given applies to proxied calls too.
+    proxy = PlatformProxy(service=service, session=http, counters=counters, metrics=metrics, clock=clock,
+                          limits=ProxyLimits(max_body=settings.proxy_max_body, timeout_s=settings.proxy_timeout,
+                                             rate_limit=settings.proxy_rate_limit))
     tokens.service = service
     audit = Audit(SqlAuditLog(db), clock)
     return Container(settings=settings, db=db, credentials=credentials, stores=stores, locks=locks,
                      service=service, http=http, cipher=cipher, clients=ClientRegistry(SqlClients(db), clock),
                      audit=audit, redis=client, changes=changes,
                      callbacks=Callbacks(service=service, credentials=credentials, tickets=tickets,
-                                         grants=account_grants, audit=audit, clock=clock))
+                                         grants=account_grants, audit=audit, clock=clock),
+                     proxy=proxy)
 
 
 class _LateTokens:

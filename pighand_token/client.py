@@ -95,6 +95,9 @@ INVALID_TOKEN_CODES: Mapping[str, frozenset[int | str]] = MappingProxyType({
     "wecom": frozenset({40014, 42001}),
     # HTTP 400/401 with {"code": "InvalidAuthentication"}.
     "dingtalk": frozenset({"InvalidAuthentication"}),
+    # The same on v1.0 APIs for a third-party suite's token and its corps' tokens.
+    "dingtalk_suite": frozenset({"InvalidAuthentication"}),
+    "dingtalk_corp": frozenset({"InvalidAuthentication"}),
     # 20001 "Insufficient Token Permissions" with these sub_codes.
     "alipay": frozenset({"aop.invalid-app-auth-token", "aop.app-auth-token-time-out"}),
 })

@@ -13,12 +13,13 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from dynaconf import Dynaconf
 
+from .core.egress import no_proxy_problem, proxy_url_problem, redact_url
 from .core.errors import SettingsError
 from .core.proxies import parse_networks, split_entries
 
@@ -27,6 +28,8 @@ ENVIRONMENTS = ("development", "testing", "production")
 SAVE_MODELS = ("auto", "all")
 WECHAT_TOKEN_MODES = ("stable", "classic")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# The SDKs whose Redis keys the hub can write too (adapters/redis_compat.py).
+REDIS_COMPAT_SDKS = ("wxjava", "silenceper", "wechatpy")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,16 @@ class Settings:
     worker_lifetime: int = 0
     cpu_affinity: bool = True
     trusted_proxies: tuple[str, ...] = ()
+    # May carry the proxy's user:password: kept out of the repr.
+    platform_http_proxy: str = field(default="", repr=False)
+    no_proxy: tuple[str, ...] = ()
+    redis_compat: tuple[str, ...] = ()
+    redis_compat_wxjava_prefix: str = "wx"
+    redis_compat_wxjava_cp_prefix: str = "wx:cp"
+    redis_compat_wechatpy_prefix: str = "wechatpy"
+    proxy_max_body: int = 20 * 1024 * 1024
+    proxy_timeout: float = 30.0
+    proxy_rate_limit: int = 0
 
     @property
     def uses_mysql(self) -> bool:
@@ -91,7 +104,7 @@ class Settings:
 class _Rule:
     """What one setting accepts, and how its ``PIGHAND_<NAME>`` text is read."""
 
-    kind: str  # "bool", "int", "number", "text", "choice" or "networks"
+    kind: str  # "bool", "int", "number", "text", "choice", "networks", "hosts" or "choices"
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] = ()
@@ -109,6 +122,11 @@ class _Rule:
             return ", ".join(self.choices)
         if self.kind == "networks":
             return "IP addresses or CIDR networks (IPv4, IPv6), comma-separated: 10.0.0.0/8,::1"
+        if self.kind == "hosts":
+            return ("host names (with their subdomains), IP addresses, CIDR networks, each with an optional "
+                    ":port, or *, comma-separated: internal.example.com,10.0.0.0/8")
+        if self.kind == "choices":
+            return f"a list of any of {', '.join(self.choices)} (or comma-separated text)"
         return "a string"
 
     def accepts(self, value: Any) -> bool:
@@ -120,6 +138,12 @@ class _Rule:
             return isinstance(value, str) and value in self.choices
         if self.kind == "networks":
             return not _networks_problem(value)
+        if self.kind == "hosts":
+            entries = split_entries(value)
+            return entries is not None and no_proxy_problem(entries) is None
+        if self.kind == "choices":
+            entries = split_entries(value)
+            return entries is not None and all(entry in self.choices for entry in entries)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
         if self.kind == "int":
@@ -130,7 +154,7 @@ class _Rule:
     def from_env(self, text: str) -> Any:
         """The typed value of an environment variable; text that does not
         parse is returned as it is, so validation names what was given."""
-        if self.kind in ("text", "choice", "networks"):
+        if self.kind in ("text", "choice", "networks", "hosts", "choices"):
             return text
         word = text.strip()
         if self.kind == "bool":
@@ -179,6 +203,12 @@ RULES: dict[str, _Rule] = {
     "upstream_timeout": _Rule("number", 0),
     "http_header_timeout": _Rule("number", 0),
     "trusted_proxies": _Rule("networks"),
+    "platform_http_proxy": _Rule("text"),
+    "no_proxy": _Rule("hosts"),
+    "redis_compat": _Rule("choices", choices=REDIS_COMPAT_SDKS),
+    "proxy_max_body": _Rule("int", 0),
+    "proxy_timeout": _Rule("number", 0),
+    "proxy_rate_limit": _Rule("int", 0, 1_000_000),
 }
 SECTIONS = ("default", *ENVIRONMENTS)
 _RULES_BY_TYPE = {"str": _Rule("text"), "bool": _Rule("bool"), "int": _Rule("int", 0),
@@ -271,18 +301,33 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
     for name, rule in rules.items():
         if name in raw and not rule.accepts(raw[name]):
             raise SettingsError(f"{name}={raw[name]!r} is invalid: allowed values are {rule.allowed}"
-                                + (_networks_problem(raw[name]) if rule.kind == "networks" else ""))
+                                + (_networks_problem(raw[name]) if rule.kind == "networks" else "")
+                                + (_hosts_problem(raw[name]) if rule.kind == "hosts" else ""))
     for name, rule in rules.items():
         if rule.kind == "number" and name in raw:
             raw[name] = float(raw[name])
         if rule.kind == "networks" and name in raw:
             raw[name] = _networks(raw[name])
+        if rule.kind in ("hosts", "choices") and name in raw:
+            raw[name] = tuple(dict.fromkeys(split_entries(raw[name]) or ()))
     settings = Settings(env=env, **raw)
     _check_combinations(settings)
     return settings
 
 
 def _check_combinations(settings: Settings) -> None:
+    if settings.platform_http_proxy:
+        problem = proxy_url_problem(settings.platform_http_proxy)
+        if problem:
+            # The URL may carry the proxy's password: never shown.
+            raise SettingsError(f"platform_http_proxy={redact_url(settings.platform_http_proxy)!r} is invalid: "
+                                f"{problem}; allowed values are '' (no proxy) or http://[user:password@]host:port")
+    if settings.redis_compat and not settings.uses_redis:
+        # The SDKs would find no keys and fetch tokens themselves, knocking
+        # out the hub's (40001): refuse rather than run without the keys.
+        raise SettingsError(f"redis_compat={list(settings.redis_compat)!r} is invalid: the SDK keys are written to "
+                            "Redis, and no Redis is configured (redis_host, redis_url, redis_sentinels or "
+                            "redis_cluster_nodes); allowed values without Redis are []")
     if settings.worker_lifetime and settings.worker_lifetime < 60:
         raise SettingsError(f"worker_lifetime={settings.worker_lifetime!r} is invalid: allowed values are 0 (workers "
                             "live until stopped) or a whole number of seconds >= 60")
@@ -342,6 +387,14 @@ def _networks_problem(value: object) -> str:
     except ValueError as exc:
         return f"; {exc}"
     return ""
+
+
+def _hosts_problem(value: object) -> str:
+    entries = split_entries(value)
+    if entries is None:
+        return "; give a list of strings or comma-separated text"
+    problem = no_proxy_problem(entries)
+    return f"; {problem}" if problem else ""
 
 
 def _first_line(message: str) -> str:

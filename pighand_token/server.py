@@ -26,6 +26,7 @@ from typing import Any
 
 from .config import Settings
 from .core.auth import is_loopback
+from .core.egress import redact_url
 from .core.errors import SettingsError
 
 # Chosen by measurement on 2 cores (wrk -t1 -c16 -d5s on a cached GET,
@@ -161,6 +162,12 @@ def serve(settings: Settings) -> None:
              "worker lifetime %s", server.bind_addr, server.bind_port, server.workers, server.blocking_threads,
              server.backpressure, h1.header_read_timeout / 1000,
              f"{server.workers_lifetime} s" if server.workers_lifetime else "unlimited")
+    if settings.platform_http_proxy:
+        log.info("platform calls go through platform_http_proxy %s%s", redact_url(settings.platform_http_proxy),
+                 f", except to {', '.join(settings.no_proxy)}" if settings.no_proxy else "")
+    if settings.redis_compat:
+        log.info("WeChat/WeCom tokens and tickets are also written under the Redis keys of %s",
+                 ", ".join(settings.redis_compat))
     try:
         server.serve()
     finally:

@@ -34,6 +34,13 @@ LOCK_WAIT_SECONDS = Histogram("pighand_lock_wait_seconds", "Time spent waiting f
                               registry=REGISTRY, buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 SCHEDULER_TICKS = Counter("pighand_scheduler_ticks_total", "Scheduler ticks: ran, skipped (another worker "
                           "had this interval) or error.", ["outcome"], registry=REGISTRY)
+PROXY_CALLS = Counter("pighand_proxy_calls_total", "Calls forwarded by /proxy/..., by platform, route class "
+                      "(the API path's first two segments), the platform's HTTP status and its errcode "
+                      "(\"\" when none or 0), and whether the call was replayed with a new token.",
+                      ["platform", "route", "status", "errcode", "replayed"], registry=REGISTRY)
+PROXY_SECONDS = Histogram("pighand_proxy_upstream_seconds", "Time until the platform's answer's headers "
+                          "arrived, for forwarded calls (a replay included).", ["platform"], registry=REGISTRY,
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 SCHEDULER_FAILURES = Counter("pighand_scheduler_refresh_failures_total", "Scheduled refreshes that failed.",
                              registry=REGISTRY)
 
@@ -69,6 +76,11 @@ class PrometheusMetrics:
 
     def lock_wait(self, seconds: float) -> None:
         LOCK_WAIT_SECONDS.observe(seconds)
+
+    def proxy_call(self, platform: str, route: str, status: int, errcode: str, replayed: bool,
+                   seconds: float) -> None:
+        PROXY_CALLS.labels(platform, route, str(status), errcode, "true" if replayed else "false").inc()
+        PROXY_SECONDS.labels(platform).observe(seconds)
 
     def scheduler_tick(self, outcome: str, failures: int = 0) -> None:
         SCHEDULER_TICKS.labels(outcome).inc()

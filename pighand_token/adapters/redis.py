@@ -14,9 +14,11 @@ overwrites one fetched later, whichever worker finishes last. (Under Redis
 Cluster a script may touch keys of one slot only, and the raw key cannot
 carry a hash tag, so there the script writes the hash and the raw key
 follows with a plain SET: see :class:`KeyLayout` and
-:meth:`RedisTokenStore._mirror_raw`.) The script also announces each write
-it makes on ``<prefix>pighand:changed`` (plain pub/sub: platform, appid
-and fetched_at, never the token), and :class:`RedisTokenChanges` in every
+:meth:`RedisTokenStore._mirror_raw`.) With ``redis_compat`` the same script
+writes the keys SDKs read (:mod:`.redis_compat`), with the raw key's TTL.
+The script also announces each write it makes on
+``<prefix>pighand:changed`` (plain pub/sub: platform, appid and
+fetched_at, never the token), and :class:`RedisTokenChanges` in every
 worker drops what that write replaced from its memory.
 """
 
@@ -44,6 +46,7 @@ from ..core.domain import Cooldown, Token, TokenKey
 from ..core.errors import Unavailable
 from ..core.ports import Clock, LocalTokenCache
 from .follower import Follower
+from .redis_compat import RedisCompat, SdkKey
 
 T = TypeVar("T")
 
@@ -58,9 +61,11 @@ redis.call('HSET', KEYS[1], 'value', ARGV[1], 'expires_at', ARGV[2], 'fetched_at
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if #KEYS > 1 then
   if tonumber(ARGV[5]) > 0 then
-    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[5])
+    for i = 2, #KEYS do
+      redis.call('SET', KEYS[i], ARGV[7 + i], 'PX', ARGV[5])
+    end
   else
-    redis.call('DEL', KEYS[2])
+    redis.call('DEL', unpack(KEYS, 2))
   end
 end
 redis.call('PUBLISH', ARGV[7], ARGV[8])
@@ -258,8 +263,9 @@ class RedisTokenStore:
     shared = True
 
     def __init__(self, client: Client, *, clock: Clock, margin_s: float, key_prefix: str = "",
-                 breaker: Breaker | None = None) -> None:
+                 breaker: Breaker | None = None, compat: RedisCompat | None = None) -> None:
         self._client = client
+        self._compat = compat if compat else None
         self._clock = clock
         self._margin_s = margin_s
         self._keys = KeyLayout(key_prefix, cluster=is_cluster(client))
@@ -323,7 +329,10 @@ class RedisTokenStore:
         args: list[Any] = [token.value, repr(token.expires_at), fetched_at, meta_ms, raw_ms, int(token.final),
                            self._channel, _announcement(key, deleted=False) + fetched_at + "}"]
         if not self._keys.cluster:
-            keys = [self.meta_key(key), self.raw_key(key)]
+            # KEYS[2:] take ARGV[9:] with the raw key's TTL: the raw key, then the SDKs'.
+            sdk = self._sdk_keys(key)
+            keys = [self.meta_key(key), self.raw_key(key), *(k.name for k in sdk)]
+            args += [token.value, *(k.value(token) for k in sdk)]
             return bool(self._breaker.call(lambda: self._put(keys=keys, args=args)))
         written = bool(self._breaker.call(lambda: self._put(keys=[self.meta_key(key)], args=args)))
         if written:
@@ -333,11 +342,14 @@ class RedisTokenStore:
     def delete(self, key: TokenKey) -> None:
         args = [self._channel, _announcement(key, deleted=True)]
         if not self._keys.cluster:
-            keys = [self.meta_key(key), self.raw_key(key)]
+            keys = [self.meta_key(key), self.raw_key(key), *(k.name for k in self._sdk_keys(key))]
             self._breaker.call(lambda: self._delete(keys=keys, args=args))
             return
         self._breaker.call(lambda: self._delete(keys=[self.meta_key(key)], args=args))
         self._breaker.call(lambda: self._mirror_raw(key, None))
+
+    def _sdk_keys(self, key: TokenKey) -> list[SdkKey]:
+        return self._compat.keys(key) if self._compat is not None else []
 
     def _mirror_raw(self, key: TokenKey, written: Token | None) -> None:
         """Cluster only: make the raw key follow the hash, after the script.
@@ -354,12 +366,16 @@ class RedisTokenStore:
         of one token are rare).
         """
         raw = self.raw_key(key)
+        sdk = self._sdk_keys(key)
         for _ in range(4):
             raw_ms = self._raw_ms(written) if written is not None else 0
             if raw_ms > 0 and written is not None:
                 self._client.set(raw, written.value, px=raw_ms)
+                for sdk_key in sdk:  # each in a slot of its own: one SET each
+                    self._client.set(sdk_key.name, sdk_key.value(written), px=raw_ms)
             else:
-                self._client.delete(raw)
+                for name in (raw, *(k.name for k in sdk)):
+                    self._client.delete(name)
             current = self._token(self._client.hgetall(self.meta_key(key)))  # type: ignore[arg-type]
             if current == written:
                 return

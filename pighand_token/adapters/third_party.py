@@ -72,6 +72,13 @@ class SqlTicketStore(_Sealed):
         stored = self.latest(ticket.platform, ticket.appid)
         return stored is not None and stored.created_at == ticket.created_at and stored.value == ticket.value
 
+    def retire(self, platform: str, appid: str, created_at: float, at: float) -> bool:
+        # Keyed by created_at, not the value: sealed values differ per write.
+        _, count = self._db.execute(
+            "UPDATE pushed_ticket SET expires_at = ? WHERE platform = ? AND appid = ? AND created_at = ? "
+            "AND expires_at > ?", (at, platform, appid, created_at, at))
+        return count == 1
+
 
 class SqlAccountGrants(_Sealed):
     def get(self, platform: str, owner: str, account: str) -> AccountGrant | None:

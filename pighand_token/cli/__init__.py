@@ -21,11 +21,11 @@ from .client import client_cli
 from .db import db_cli
 from .platform import platform_cli
 from .secrets import secrets_cli
-from .third_party import feishu_cli, wechat_cli, wecom_cli
+from .third_party import dingtalk_cli, feishu_cli, wechat_cli, wecom_cli
 from .token import scheduler_cli, token_cli
 
 GROUPS = (db_cli, platform_cli, token_cli, scheduler_cli, client_cli, secrets_cli, audit_cli, alipay_cli,
-          wechat_cli, wecom_cli, feishu_cli)
+          wechat_cli, wecom_cli, feishu_cli, dingtalk_cli)
 
 
 def register(app: Flask) -> None:

@@ -1,6 +1,6 @@
 """Commands for third-party apps' accounts: ``pighand-token wechat
 authorizers|authorize-url``, ``pighand-token wecom corps|authorize-url`` and
-``pighand-token feishu tenants``.
+``pighand-token feishu tenants`` and ``pighand-token dingtalk corps``.
 
 They show who authorized an app, since when, the state of the account's
 token and its last error; never a token, refresh token or permanent code.
@@ -19,6 +19,7 @@ from .common import friendly as _friendly
 wechat_cli = AppGroup("wechat", help="WeChat Open Platform components: the accounts that authorized them.")
 wecom_cli = AppGroup("wecom", help="WeCom third-party suites: the corps that installed them.")
 feishu_cli = AppGroup("feishu", help="Feishu / Lark store apps: the tenants that installed them.")
+dingtalk_cli = AppGroup("dingtalk", help="DingTalk third-party enterprise apps: the corps that authorized them.")
 
 
 def _when(epoch: float | None) -> str:
@@ -100,3 +101,11 @@ def feishu_tenants(app_id: str, lark: bool) -> None:
         if credentials.get("feishu_store", app_id) is not None or credentials.get("lark_store", app_id) is None:
             store = "feishu_store"
     _accounts(store, "lark_tenant" if store == "lark_store" else "feishu_tenant", app_id, "tenant")
+
+
+@dingtalk_cli.command("corps")
+@click.argument("suite_key")
+@_friendly
+def dingtalk_corps(suite_key: str) -> None:
+    """List the corps that authorized SUITE_KEY (never their tokens)."""
+    _accounts("dingtalk_suite", "dingtalk_corp", suite_key, "corp")

@@ -101,8 +101,17 @@ class Ignored:
     event: str
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Several messages in one push (DingTalk's sync HTTP push carries a
+    list of rows), handled in order and acknowledged together: ``success``
+    once every one is stored."""
+
+    messages: tuple[TicketPushed | AccountAuthorized | AccountSeen | AccountChanged | AccountRemoved | Ignored, ...]
+
+
 CallbackMessage = (UrlCheck | TicketPushed | AccountAuthorized | AccountSeen | AccountChanged | AccountRemoved
-                   | Ignored)
+                   | Ignored | Batch)
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,14 @@ class Callbacks:
         where = dict(platform=platform, appid=appid, request_id=request_id, remote_addr=remote_addr)
         if isinstance(message, UrlCheck):
             return CallbackReply(message.echo, message.content_type)
+        for one in message.messages if isinstance(message, Batch) else (message,):
+            self._apply(provider, credential, one, where)
+        return provider.reply(credential, "success")
+
+    def _apply(self, provider: CallbackProvider, credential: Credential,
+               message: TicketPushed | AccountAuthorized | AccountSeen | AccountChanged | AccountRemoved | Ignored,
+               where: dict[str, str | None]) -> None:
+        platform, appid = credential.platform, credential.appid
         if isinstance(message, TicketPushed):
             self._ticket(message.ticket)
         elif isinstance(message, AccountAuthorized):
@@ -180,7 +197,6 @@ class Callbacks:
         else:
             log.info("%s/%s: acknowledged an event this service does not use: %s", platform, appid,
                      message.event)
-        return provider.reply(credential, "success")
 
     def _ticket(self, ticket: PushedTicket) -> None:
         if self.tickets.offer(ticket):
@@ -205,7 +221,20 @@ class Callbacks:
             log.info("%s/%s: %s for %s written at %.0f arrived after a later one; kept the later one",
                      credential.platform, credential.appid, message.event, message.account, message.created_at)
             return
-        self._exchange(provider, credential, message.code, message.event, where, created_at=message.created_at)
+        try:
+            self._exchange(provider, credential, message.code, message.event, where, created_at=message.created_at)
+        except UpstreamError as exc:
+            if exc.retryable or exc.errcode is None:
+                raise  # the platform delivers it again: a later try may work
+            # The platform refused the code itself (WeChat 61009 spent, 61010
+            # expired; WeCom 40078): a redelivery brings the same code, so
+            # failing the callback would only have it sent again and again.
+            # Typically an authorization delivered late, after the account
+            # was forgotten or authorized anew.
+            log.warning("%s/%s: %s for %s: the platform refused its code (%s); acknowledged, nothing stored",
+                        credential.platform, credential.appid, message.event, message.account or "a new account",
+                        exc.message)
+            self.audit.record(f"callback.{message.event}", f"code refused: {exc.errcode}", **where)
 
     def _exchange(self, provider: CallbackProvider, credential: Credential, code: str, event: str,
                   where: Mapping[str, str | None], *, created_at: float | None = None) -> str:
@@ -304,9 +333,11 @@ class Callbacks:
             return
         removed = self.grants.remove(provider.account_platform, owner, message.account)
         appid = f"{owner}:{message.account}"
-        self.service.forget(provider.account_platform, appid)
+        # Unavailable (503) when a shared tier kept a copy: the platform
+        # delivers the removal again, and it is done again.
+        self.service.forget(provider.account_platform, appid, everywhere=True)
         for ticket_type in getattr(self.service.providers[provider.account_platform], "ticket_types", ()):
-            self.service.forget(f"{provider.account_platform}_{ticket_type}_ticket", appid)
+            self.service.forget(f"{provider.account_platform}_{ticket_type}_ticket", appid, everywhere=True)
         self.audit.record(f"callback.{message.event}",
                           f"account {message.account} {'forgotten' if removed else 'was not stored'}", **where)
 

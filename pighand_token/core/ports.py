@@ -190,6 +190,12 @@ class TicketStore(Protocol):
         ticket, redelivered, never replaces a newer one). True when the store
         now holds this ticket (a redelivery of the stored one included)."""
 
+    def retire(self, platform: str, appid: str, created_at: float, at: float) -> bool:
+        """The platform refused the stored ticket pushed at ``created_at``
+        (DingTalk 853005): it counts as expired from ``at`` for every worker,
+        until a newer push replaces it. False when the store holds another
+        ticket (a newer one arrived meanwhile) or that one expired already."""
+
 
 class AccountGrants(Protocol):
     """Durable account grants of third-party apps (refresh tokens,

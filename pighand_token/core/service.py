@@ -473,16 +473,24 @@ class TokenService:
         code exchanged): retried, counted and logged like a fetch."""
         return self._retrying(call, key)
 
-    def forget(self, platform: str, appid: str) -> None:
+    def forget(self, platform: str, appid: str, *, everywhere: bool = False) -> None:
         """Drop a token and its cooldown everywhere (credential removed or
-        replaced)."""
+        replaced). With ``everywhere``, a tier that could not be reached is
+        Unavailable once every other tier is done: the caller must not
+        report the token gone (an account that left: its token would be
+        served again once that tier is back)."""
         key = TokenKey(platform, appid)
+        failed: Unavailable | None = None
         for store in self._read_order:
             try:
                 store.delete(key)
             except Unavailable as exc:
                 self._warn(store.name, exc)
+                failed = failed or exc
         self.clear_cooldown(key)
+        if everywhere and failed is not None:
+            raise Unavailable(f"{platform} {appid}: the token could not be removed from every store "
+                              f"({failed.message}); try again")
 
     def clear_cooldown(self, key: TokenKey) -> None:
         try:

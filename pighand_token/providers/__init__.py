@@ -8,6 +8,7 @@ from collections.abc import Callable
 from .alipay import AlipayProvider
 from .base import HttpProvider, ProviderContext
 from .dingtalk import DingTalkProvider
+from .dingtalk_isv import DingTalkCorpProvider, DingTalkSuiteProvider
 from .feishu import FeishuProvider
 from .feishu_store import FeishuStoreProvider, FeishuTenantProvider
 from .wechat import WeChatProvider
@@ -33,6 +34,8 @@ REGISTRY: dict[str, Callable[[ProviderContext], HttpProvider]] = {
     "feishu_tenant": FeishuTenantProvider.build,
     "lark_store": FeishuStoreProvider.build_lark,
     "lark_tenant": FeishuTenantProvider.build_lark,
+    "dingtalk_suite": DingTalkSuiteProvider.build,
+    "dingtalk_corp": DingTalkCorpProvider.build,
 }
 
 __all__ = ["REGISTRY", "HttpProvider", "ProviderContext"]

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, p
 from ..core.domain import Credential, Grant, Token
 from ..core.errors import BadRequest, NotFound, PighandError, UpstreamError, UpstreamTimeout
 from ..core.ports import Clock, GrantStore
-from .base import HttpProvider, ProviderContext, redact
+from .base import HttpProvider, ProviderContext, proxy_refusal, redact, transport_error
 
 METHOD = "alipay.open.auth.token.app"
 RESPONSE_KEY = METHOD.replace(".", "_") + "_response"
@@ -413,9 +413,11 @@ class AlipayProvider(HttpProvider):
         except requests.Timeout:
             raise UpstreamTimeout(self.platform, f"no answer within {self.timeout_s:g} s") from None
         except requests.RequestException as exc:
-            reason = redact(f"{type(exc).__name__}: {exc}", secrets)
-            raise UpstreamError(self.platform, f"cannot reach the gateway ({reason})", retryable=True) from None
+            raise transport_error(self.platform, exc, secrets, self.session, what="the gateway") from None
         status = response.status_code
+        refusal = proxy_refusal(self.platform, status, self.session)
+        if refusal is not None:
+            raise refusal
         if status >= 500:
             raise UpstreamError(self.platform, f"HTTP {status} from the gateway", retryable=True)
         if status >= 400:

@@ -17,6 +17,21 @@ from ..core.ports import AccountGrants, Clock, Counters, GrantStore, Locks, Tick
 
 
 @dataclass(frozen=True)
+class TokenPlacement:
+    """Where a platform's business API takes the access token, for the
+    proxy (``/proxy/<platform>/<appid>/<path>``): a query parameter
+    (``query``), or a header (``header``, its value ``prefix`` + token)."""
+
+    query: str | None = None
+    header: str | None = None
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.query is None) == (self.header is None):
+            raise ValueError("a token goes into a query parameter or a header: name one")
+
+
+@dataclass(frozen=True)
 class ProviderContext:
     """What a provider factory may use to build its provider."""
 
@@ -46,6 +61,38 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def transport_error(platform: str, exc: requests.RequestException, secrets: Iterable[str],
+                    session: requests.Session, *, what: str = "the platform") -> UpstreamError:
+    """The retryable UpstreamError for a request that got no answer. Its
+    message never holds ``secrets`` nor the proxy's credentials; a proxy that
+    is down or refuses the tunnel is named as the cause (the proxy by its URL
+    without credentials), not the platform."""
+    proxy = str(getattr(session, "proxy_description", "") or "")
+    proxy_url = str(getattr(session, "proxy_url", "") or "")
+    reason = f"{type(exc).__name__}: {exc}"
+    if proxy_url:
+        reason = reason.replace(proxy_url, proxy)
+    reason = redact(reason, [*secrets, *getattr(session, "hidden", ())])
+    if isinstance(exc, requests.exceptions.ProxyError) and proxy:
+        if "407 Proxy Authentication Required" in reason:  # the CONNECT tunnel refused
+            refusal = proxy_refusal(platform, 407, session)
+            if refusal is not None:
+                return refusal
+        return UpstreamError(platform, f"cannot reach {what} through platform_http_proxy {proxy} ({reason})",
+                             retryable=True)
+    return UpstreamError(platform, f"cannot reach {what} ({reason})", retryable=True)
+
+
+def proxy_refusal(platform: str, status: int, session: requests.Session) -> UpstreamError | None:
+    """The UpstreamError for the proxy's own 407 (its credentials are wrong
+    or missing: not retried), or None for any other answer."""
+    proxy = str(getattr(session, "proxy_description", "") or "")
+    if status != 407 or not proxy:
+        return None
+    return UpstreamError(platform, f"platform_http_proxy {proxy} refused the request (HTTP 407 Proxy "
+                         "Authentication Required): check the user and password in its URL")
+
+
 class HttpProvider:
     """Base for providers that speak JSON over HTTPS."""
 
@@ -53,6 +100,13 @@ class HttpProvider:
     # True where the platform hands back the same token until it expires and
     # never earlier issues a new one (WeCom).
     keeps_token_until_expiry = False
+    # How the platform's business API takes the token (the proxy adds it
+    # there), or None where there is no app token to add (Alipay signs each
+    # request instead).
+    token_placement: TokenPlacement | None = None
+    # The codes with which the business API rejects a token as invalid,
+    # expired or superseded (the proxy then refreshes it and replays).
+    invalid_token_codes: frozenset[int | str] = frozenset()
 
     def __init__(self, *, session: requests.Session, base_url: str, timeout_s: float, clock: Clock,
                  options: Mapping[str, Any] | None = None, platform: str | None = None) -> None:
@@ -128,9 +182,11 @@ class HttpProvider:
         except requests.Timeout:
             raise UpstreamTimeout(self.platform, f"no answer within {self.timeout_s:g} s") from None
         except requests.RequestException as exc:
-            reason = redact(f"{type(exc).__name__}: {exc}", secrets)
-            raise UpstreamError(self.platform, f"cannot reach the platform ({reason})", retryable=True) from None
+            raise transport_error(self.platform, exc, secrets, self.session) from None
         status = response.status_code
+        refusal = proxy_refusal(self.platform, status, self.session)
+        if refusal is not None:
+            raise refusal
         try:
             body = response.json()
         except ValueError:

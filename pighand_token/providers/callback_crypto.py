@@ -286,7 +286,7 @@ def open_xml_callback(crypto: MessageCrypto, query: SignedQuery, body: bytes | s
 # -- JSON (DingTalk) ----------------------------------------------------------------
 def parse_dingtalk_body(data: bytes | str) -> str:
     """The ``encrypt`` value of DingTalk's ``{"encrypt": "..."}`` body."""
-    document = _json_object(data, "callback body")
+    document = json_object(data, "callback body")
     encrypt = document.get("encrypt")
     if not isinstance(encrypt, str) or not encrypt:
         raise MalformedCallback('callback body has no "encrypt" string')
@@ -296,7 +296,7 @@ def parse_dingtalk_body(data: bytes | str) -> str:
 def open_dingtalk_callback(crypto: MessageCrypto, query: SignedQuery, body: bytes | str) -> dict[str, Any]:
     """Verify and decrypt a DingTalk push; its event (``EventType`` …) as a dict."""
     plain = crypto.verify_and_decrypt(query.msg_signature, query.timestamp, query.nonce, parse_dingtalk_body(body))
-    return _json_object(plain, "decrypted callback")
+    return json_object(plain, "decrypted callback")
 
 
 def dingtalk_reply(crypto: MessageCrypto, text: str = "success", *, timestamp: str | None = None,
@@ -318,7 +318,7 @@ def dingtalk_reply(crypto: MessageCrypto, text: str = "success", *, timestamp: s
     }
 
 
-def _json_object(data: bytes | str, what: str) -> dict[str, Any]:
+def json_object(data: bytes | str, what: str) -> dict[str, Any]:
     try:
         document = json.loads(data)
     except (ValueError, TypeError):
@@ -390,7 +390,3 @@ class FeishuCrypto:
             raise CallbackRejected("callback does not decrypt with this Encrypt Key (bad padding)")
         return padded[:-pad]
 
-
-def json_object(data: bytes | str, what: str) -> dict[str, Any]:
-    """``data`` as a JSON object, or :class:`MalformedCallback`."""
-    return _json_object(data, what)

@@ -13,10 +13,11 @@ the token is stored again with its new expiry, nothing is retried.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 
 from ..core.domain import Credential, Token
 from ..core.errors import BadRequest, UpstreamError
-from .base import HttpProvider, ProviderContext, redact
+from .base import HttpProvider, ProviderContext, TokenPlacement, redact
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,11 @@ _THROTTLED_PREFIX = "Forbidden.AccessDenied.QpsLimit"
 
 class DingTalkProvider(HttpProvider):
     platform = "dingtalk"
+    # The v1.0 API (api.dingtalk.com, dingtalk_api_base) takes the token in
+    # this header and rejects a bad one with HTTP 400/401 and
+    # {"code": "InvalidAuthentication"} (platform-facts §5).
+    token_placement = TokenPlacement(header="x-acs-dingtalk-access-token")
+    invalid_token_codes: frozenset[int | str] = frozenset({"InvalidAuthentication"})
     appid_pattern = "[A-Za-z0-9_.-]{1,128}"
     appid_example = "ding0123456789abcdef"
 
@@ -68,7 +74,7 @@ class DingTalkProvider(HttpProvider):
             "POST", TOKEN_PATH, secrets=[credential.secret], accept_status=True,
             json={"appKey": credential.appid, "appSecret": credential.secret},
         )
-        if status >= 400 or ("code" in body and "accessToken" not in body):
+        if is_dingtalk_error(status, body):
             raise self._error(status, body, credential)
         value = body.get("accessToken")
         expire_in = body.get("expireIn")
@@ -82,15 +88,27 @@ class DingTalkProvider(HttpProvider):
         return Token(value=value, expires_at=started + float(expire_in), fetched_at=started)
 
     def _error(self, status: int, body: dict[str, object], credential: Credential) -> UpstreamError:
-        raw_code = body.get("code")
-        code = str(raw_code) if raw_code not in (None, "") else None
-        message = str(body.get("message") or "")
-        requestid = body.get("requestid")
-        hint = HINTS.get(code or "")
-        detail = message or f"HTTP {status}"
-        if requestid:
-            # DingTalk support asks for the request id.
-            detail += f"; requestid {requestid}"
-        text = redact(f"{hint} ({detail})" if hint else detail, [credential.secret])
-        throttled = status == 429 or (code or "").startswith(_THROTTLED_PREFIX)
-        return UpstreamError(self.platform, text, errcode=code, retryable=throttled)
+        return dingtalk_error(self.platform, status, body, [credential.secret])
+
+
+def is_dingtalk_error(status: int, body: Mapping[str, object], value_key: str = "accessToken") -> bool:
+    """A v1.0 answer that reports an error: non-2xx, or a ``code`` without the value."""
+    return status >= 400 or ("code" in body and value_key not in body)
+
+
+def dingtalk_error(platform: str, status: int, body: Mapping[str, object], secrets: Iterable[str], *,
+                   hints: Mapping[str, str] = HINTS) -> UpstreamError:
+    """The UpstreamError for a v1.0 error answer ``{"code", "message", "requestid"}``
+    (the string code is the errcode), without any of ``secrets``."""
+    raw_code = body.get("code")
+    code = str(raw_code) if raw_code not in (None, "") else None
+    message = str(body.get("message") or "")
+    requestid = body.get("requestid")
+    hint = hints.get(code or "")
+    detail = message or f"HTTP {status}"
+    if requestid:
+        # DingTalk support asks for the request id.
+        detail += f"; requestid {requestid}"
+    text = redact(f"{hint} ({detail})" if hint else detail, secrets)
+    throttled = status == 429 or (code or "").startswith(_THROTTLED_PREFIX)
+    return UpstreamError(platform, text, errcode=code, retryable=throttled)

@@ -37,7 +37,7 @@ import requests
 
 from ..core.domain import Credential, Token
 from ..core.errors import UpstreamError
-from .base import HttpProvider, ProviderContext, redact
+from .base import HttpProvider, ProviderContext, TokenPlacement, redact
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,11 @@ HINTS = {
 
 class FeishuProvider(HttpProvider):
     platform = "feishu"
+    # Open APIs take "Authorization: Bearer <token>" (tenant or app token
+    # alike); 99991663 invalid tenant token, 99991664 invalid app token,
+    # 99991671 malformed token (platform-facts §2.1).
+    token_placement = TokenPlacement(header="Authorization", prefix="Bearer ")
+    invalid_token_codes: frozenset[int | str] = frozenset({99991663, 99991664, 99991671})
     appid_example = "cli_a1b2c3d4e5f6a7b8"
 
     @classmethod

@@ -155,7 +155,7 @@ class FeishuStoreProvider(_StoreService):
 
     def _setup(self, ctx: ProviderContext) -> None:
         self.account_platform = TENANT_OF[self.platform]
-        self.wait = TicketWait(self.platform, "app_ticket", ctx.tickets, ctx.counters, ctx.clock)
+        self.wait = TicketWait(self.platform, "app_ticket", ctx.tickets, ctx.locks, ctx.clock)
 
     # -- the credential ---------------------------------------------------------
     def seal_secrets(self, secret: str, callback: Mapping[str, str]) -> str:

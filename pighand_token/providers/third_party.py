@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..core.domain import PushedTicket
 from ..core.errors import BadRequest, Unavailable, UpstreamError
-from ..core.ports import Clock, Counters, TicketStore
+from ..core.ports import Clock, Locks, TicketStore
 from .callback_crypto import MessageCrypto
 
 log = logging.getLogger(__name__)
@@ -38,9 +37,12 @@ class AppSecrets:
                            "encoding_aes_key": self.encoding_aes_key}, sort_keys=True)
 
     @classmethod
-    def parse(cls, stored: str, platform: str) -> AppSecrets:
+    def parse(cls, stored: str, platform: str, *, key_option: str = "encoding-aes-key",
+              key_name: str = "EncodingAESKey") -> AppSecrets:
         """The three secrets of a stored credential, or BadRequest saying
-        how to add it (never echoing what was stored)."""
+        how to add it (never echoing what was stored). ``key_option`` and
+        ``key_name`` name the callback key as the platform and ``platform
+        add`` do (DingTalk: ``--aes-key``, aes_key)."""
         try:
             fields = json.loads(stored)
         except ValueError:
@@ -49,12 +51,12 @@ class AppSecrets:
                 isinstance(fields.get(name), str) and fields[name]
                 for name in ("secret", "callback_token", "encoding_aes_key")):
             raise BadRequest(f"a {platform} credential holds the app secret, the callback token and the "
-                             f"EncodingAESKey: add it with 'pighand-token platform add {platform} <appid> "
-                             "--secret ... --callback-token ... --encoding-aes-key ...'")
+                             f"{key_name}: add it with 'pighand-token platform add {platform} <appid> "
+                             f"--secret ... --callback-token ... --{key_option} ...'")
         return cls(fields["secret"], fields["callback_token"], fields["encoding_aes_key"])
 
-    def crypto(self, receive_id: str) -> MessageCrypto:
-        return MessageCrypto(self.callback_token, self.encoding_aes_key, receive_id)
+    def crypto(self, receive_id: str, *, setting: str = "EncodingAESKey") -> MessageCrypto:
+        return MessageCrypto(self.callback_token, self.encoding_aes_key, receive_id, setting=setting)
 
 
 class PushedApp:
@@ -89,8 +91,13 @@ class TicketWait:
     platform: str
     ticket_name: str  # component_verify_ticket, suite_ticket
     tickets: TicketStore | None
-    counters: Counters | None
+    # The shared leases (Redis, else SQL): one ask per minute, whichever
+    # worker of whichever instance makes it.
+    leases: Locks | None
     clock: Clock
+    # The life a pushed ticket is given, where the platform may refuse one
+    # before its end (retire): a ticket that ended sooner was refused.
+    life_s: float | None = None
 
     def current(self, appid: str, ask: Callable[[], None]) -> PushedTicket:
         ticket = self.tickets.latest(self.platform, appid) if self.tickets is not None else None
@@ -98,22 +105,34 @@ class TicketWait:
         if ticket is not None and ticket.valid(now):
             return ticket
         asked = self.ask(appid, ask, now)
-        state = "none has been received" if ticket is None else "the last one received has expired"
+        if ticket is None:
+            state = "none has been received"
+        elif self.life_s is not None and ticket.expires_at < ticket.created_at + self.life_s:
+            state = "the platform refused the last one received"
+        else:
+            state = "the last one received has expired"
         raise AwaitingTicket(
             f"{self.platform} {appid}: waiting for the platform to push a {self.ticket_name} to "
             f"/callback/{self.platform}/{appid} ({state}); {asked}", retry_after_s=PUSH_REQUEST_WINDOW_S)
 
+    def retire(self, ticket: PushedTicket) -> bool:
+        """The platform refused ``ticket``: no worker uses it again, and the
+        app waits for the next push (a newer one stored meanwhile stays)."""
+        if self.tickets is None:
+            return False
+        return self.tickets.retire(ticket.platform, ticket.appid, ticket.created_at, self.clock())
+
     def ask(self, appid: str, ask: Callable[[], None], now: float) -> str:
         """Call ``ask`` (the platform's push-a-ticket-now API) unless some
         worker did within the minute; what happened, for the caller's message."""
-        window = math.floor(now / PUSH_REQUEST_WINDOW_S) * PUSH_REQUEST_WINDOW_S
-        if self.counters is not None:
+        if self.leases is not None:
             try:
-                wait_s = self.counters.hit(f"ticket-push:{self.platform}:{appid}", limit=1, window_start=window,
-                                           window_end=window + PUSH_REQUEST_WINDOW_S, now=now)
+                # A lease, not a counter per clock minute: two asks 0.2 s
+                # apart on either side of a minute's end would both pass that.
+                claimed = self.leases.claim(f"ticket-push:{self.platform}:{appid}", lease_s=PUSH_REQUEST_WINDOW_S)
             except Unavailable:
-                wait_s = None
-            if wait_s is not None:
+                claimed = True
+            if not claimed:
                 return "the platform was asked to push one less than a minute ago"
         try:
             ask()

@@ -18,7 +18,7 @@ import re
 
 from ..core.domain import Credential, Token
 from ..core.errors import RateLimited, Unavailable, UpstreamError
-from .base import HttpProvider, ProviderContext, redact
+from .base import HttpProvider, ProviderContext, TokenPlacement, redact
 
 # Asking again soon can help: -1 system busy.
 RETRYABLE = {-1}
@@ -62,6 +62,8 @@ class WeChatProvider(HttpProvider):
     appid_example = "wx1234567890abcdef"
     # 40001 not the latest token, 40014 invalid, 42001 expired.
     invalid_token_codes: frozenset[int | str] = frozenset({40001, 40014, 42001})
+    # Business APIs take ?access_token= (wechatpy, WxJava, silenceper alike).
+    token_placement = TokenPlacement(query="access_token")
 
     @classmethod
     def build(cls, ctx: ProviderContext) -> HttpProvider:

@@ -18,6 +18,8 @@ accounts that authorize them (platform-facts §7.2).
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -32,9 +34,9 @@ from ..core.callbacks import (
     TicketPushed,
 )
 from ..core.domain import AccountGrant, Credential, PushedTicket, Token
-from ..core.errors import BadRequest, MethodRefused, UpstreamError
+from ..core.errors import BadRequest, MethodRefused, Unavailable, UpstreamError
 from ..core.ports import AccountGrants, TokenSource
-from .base import HttpProvider, ProviderContext
+from .base import HttpProvider, ProviderContext, TokenPlacement
 from .callback_crypto import SignedQuery, open_xml_callback
 from .third_party import AppSecrets, PushedApp, TicketWait, check_app_secrets
 from .wechat import WeChatProvider
@@ -43,6 +45,7 @@ COMPONENT = "wechat_component"
 AUTHORIZER = "wechat_authorizer"
 TICKET_LIFE_S = 12 * 3600.0
 LOGIN_PAGE = "https://mp.weixin.qq.com/cgi-bin/componentloginpage"
+AUTH_TYPES = ("1", "2", "3")
 # 61005 / 61006: WeChat no longer takes the stored ticket (expired on its
 # side, or pushed before the secret was reset): the next push may be 10
 # minutes away, so ask for one now, as when none is stored.
@@ -50,6 +53,11 @@ TICKET_REFUSED = (61005, 61006)
 # 61023: the refresh token is no longer valid: the account must authorize
 # the component again; retrying cannot help.
 REFRESH_TOKEN_INVALID = 61023
+# Storing a rotated refresh token: tries, and the first pause between them.
+ROTATE_TRIES = 4
+ROTATE_PAUSE_S = 0.25
+
+log = logging.getLogger(__name__)
 COMPONENT_HINTS = {
     61005: "the component_verify_ticket has expired; waiting for WeChat to push a new one",
     61006: "the component_verify_ticket is not valid (another deployment's, or from before a secret change)",
@@ -98,6 +106,9 @@ class _WeChatThirdParty(WeChatProvider):
 class WeChatComponentProvider(PushedApp, _WeChatThirdParty):
     platform = COMPONENT
     account_platform = AUTHORIZER
+    # The component API (api_query_auth, api_authorizer_token ...) takes
+    # ?component_access_token=; an authorizer's calls take ?access_token=.
+    token_placement = TokenPlacement(query="component_access_token")
     ticket_types: tuple[str, ...] = ()
     appid_example = "wx0123456789abcdef"
     wait: TicketWait
@@ -107,7 +118,7 @@ class WeChatComponentProvider(PushedApp, _WeChatThirdParty):
         provider = cls(session=ctx.session, base_url=ctx.settings.wechat_api_base,
                        timeout_s=ctx.settings.upstream_timeout, clock=ctx.clock, platform=COMPONENT)
         provider._setup(ctx)
-        provider.wait = TicketWait(COMPONENT, "component_verify_ticket", ctx.tickets, ctx.counters, ctx.clock)
+        provider.wait = TicketWait(COMPONENT, "component_verify_ticket", ctx.tickets, ctx.locks, ctx.clock)
         return provider
 
     def check_credential(self, appid: str, secret: str) -> None:
@@ -197,6 +208,8 @@ class WeChatComponentProvider(PushedApp, _WeChatThirdParty):
         redirects to ``redirect_uri`` with ``auth_code``. ``auth_type``
         (1 official accounts, 2 mini programs, 3 both) and ``biz_appid``
         are passed on when given."""
+        if options.get("auth_type") and options["auth_type"] not in AUTH_TYPES:
+            raise BadRequest("auth_type must be 1 (official accounts), 2 (mini programs) or 3 (both)")
         body = self._call_with_component_token(credential.appid, "/cgi-bin/component/api_create_preauthcode",
                                                {"component_appid": credential.appid}, [])
         code = body.get("pre_auth_code")
@@ -265,12 +278,32 @@ class WeChatAuthorizerProvider(_WeChatThirdParty):
             # token goes anywhere.
             new = AccountGrant(grant.platform, grant.owner, grant.account, refresh, grant.info,
                                grant.authorized_at, started)
-            if not self.grants.rotate(grant, new):
+            if not self._rotate(grant, new):
                 # The account authorized again meanwhile: its new grant (and
                 # the token installed with it) is the one to keep.
                 raise UpstreamError(self.platform, f"{account} authorized again while its token was refreshed; "
                                     "ask again", retryable=True)
+        elif self.grants.get(AUTHORIZER, component, account) is None:
+            # The account left (unauthorized) while its token was refreshed:
+            # the token must not be stored after it was forgotten.
+            raise UpstreamError(self.platform, self.account_error(credential.appid) or "no grant")
         return token
+
+    def _rotate(self, grant: AccountGrant, new: AccountGrant) -> bool:
+        """Store the refresh token WeChat just replaced ``grant``'s with.
+        WeChat no longer takes the old one, so a store that does not answer
+        is asked again a few times (still under the token's lock) before the
+        new one is given up, which would mean a re-authorization."""
+        for attempt in range(ROTATE_TRIES):
+            try:
+                return self.grants.rotate(grant, new) if self.grants is not None else False
+            except Unavailable as exc:
+                if attempt == ROTATE_TRIES - 1:
+                    log.error("%s %s: the refresh token WeChat rotated could not be stored (%s); the account "
+                              "may have to authorize again", self.platform, grant.token_appid, exc.message)
+                    raise
+                time.sleep(ROTATE_PAUSE_S * 2 ** attempt)
+        return False
 
 
 def _token(platform: str, body: Mapping[str, Any], name: str, started: float) -> Token:

@@ -17,7 +17,7 @@ import re
 
 from ..core.domain import Credential, Token
 from ..core.errors import BadRequest, UpstreamError
-from .base import HttpProvider, ProviderContext, redact
+from .base import HttpProvider, ProviderContext, TokenPlacement, redact
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ class WeComProvider(HttpProvider):
     # The same token comes back until it expires: the service then serves it
     # to its end rather than asking again, and never extends its expiry.
     keeps_token_until_expiry = True
+    # Business APIs take ?access_token=; 40014 invalid, 42001 expired
+    # (40001 is a wrong secret here, not a stale token).
+    token_placement = TokenPlacement(query="access_token")
+    invalid_token_codes: frozenset[int | str] = frozenset({40014, 42001})
     appid_pattern = _CORPID.pattern + ":[0-9]+"
     appid_example = "ww0123456789abcdef:1000002"
 

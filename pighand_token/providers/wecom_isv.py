@@ -43,7 +43,7 @@ from ..core.callbacks import (
 from ..core.domain import AccountGrant, Credential, PushedTicket, Token
 from ..core.errors import BadRequest, MethodRefused, UpstreamError
 from ..core.ports import AccountGrants, TokenSource
-from .base import HttpProvider, ProviderContext, redact
+from .base import HttpProvider, ProviderContext, TokenPlacement, redact
 from .callback_crypto import CallbackRejected, MalformedCallback, SignedQuery, open_xml_callback
 from .third_party import AppSecrets, PushedApp, TicketWait, check_app_secrets
 
@@ -101,6 +101,9 @@ class _WeComService(HttpProvider):
     """WeCom's service-provider API: errcodes, and calls made with a suite token."""
 
     keeps_token_until_expiry = True
+    # A corp's token (wecom_corp) is an access_token like an internal app's.
+    token_placement = TokenPlacement(query="access_token")
+    invalid_token_codes: frozenset[int | str] = frozenset({40014, 42001})
     grants: AccountGrants | None = None
     tokens: TokenSource | None = None
 
@@ -177,11 +180,15 @@ class _WeComService(HttpProvider):
 class WeComSuiteProvider(PushedApp, _WeComService):
     platform = SUITE
     account_platform = CORP
+    # The service API takes ?suite_access_token=; 40082 invalid suite token,
+    # 42009 expired (chanxuehong/wechat corp/error.go; WxJava WxCpErrorMsgEnum).
+    token_placement = TokenPlacement(query="suite_access_token")
+    invalid_token_codes: frozenset[int | str] = frozenset({40082, 42009, 40014, 42001})
     appid_example = "ww0123456789abcdef"
     wait: TicketWait
 
     def _setup(self, ctx: ProviderContext) -> None:
-        self.wait = _NoPushRequest(SUITE, "suite_ticket", ctx.tickets, ctx.counters, ctx.clock)
+        self.wait = _NoPushRequest(SUITE, "suite_ticket", ctx.tickets, ctx.locks, ctx.clock)
 
     def check_credential(self, appid: str, secret: str) -> None:
         check_app_secrets(self.platform, appid, secret)
@@ -240,7 +247,8 @@ class WeComSuiteProvider(PushedApp, _WeComService):
                 raise MalformedCallback(f"{info_type} message without AuthCode")
             # The message names no corp: a redelivery is known by the code
             # its grant remembers.
-            return AccountAuthorized(info_type, self._account_of(credential.appid, code), code)
+            return AccountAuthorized(info_type, self._account_of(credential.appid, code), code,
+                                     _number(message.get("TimeStamp")))
         if info_type == "change_auth":
             corpid = message.get("AuthCorpId", "")
             if not corpid:
@@ -252,7 +260,9 @@ class WeComSuiteProvider(PushedApp, _WeComService):
             corpid = message.get("AuthCorpId", "")
             if not corpid:
                 raise MalformedCallback("cancel_auth message without AuthCorpId")
-            return AccountRemoved(info_type, corpid)
+            # Dated, so that a late redelivery after the corp installed again
+            # forgets nothing.
+            return AccountRemoved(info_type, corpid, _number(message.get("TimeStamp")))
         return Ignored(info_type or "(no InfoType)")
 
     def _account_of(self, suite_id: str, code: str) -> str:
@@ -346,11 +356,19 @@ class WeComCorpProvider(_WeComService):
         grant = self.grants.get(CORP, suite_id, corpid)
         if grant is None:
             raise UpstreamError(self.platform, self.account_error(credential.appid) or "no grant")
-        return self._corp_token(suite_id, corpid, grant.secret)
+        token = self._corp_token(suite_id, corpid, grant.secret)
+        if self.grants.get(CORP, suite_id, corpid) is None:
+            # Uninstalled (cancel_auth) while the token was asked for: it must
+            # not be stored after the corp was forgotten.
+            raise UpstreamError(self.platform, self.account_error(credential.appid) or "no grant")
+        return token
 
 
 class WeComProviderTokenProvider(_WeComService):
     platform = PROVIDER
+    # The provider API (get_login_info, get_register_code ...) takes
+    # ?provider_access_token=.
+    token_placement = TokenPlacement(query="provider_access_token")
     appid_pattern = _CORPID.pattern
     appid_example = "ww0123456789abcdef"
 

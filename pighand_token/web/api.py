@@ -31,9 +31,9 @@ def api_key() -> str | None:
 
 
 @bp.before_request
-def _authenticate() -> None:
-    """Every token route needs a key whose scope covers the app, unless
-    ``auth_required`` is off (development, loopback only)."""
+def authenticate() -> None:
+    """Every token route (and the proxy) needs a key whose scope covers the
+    app, unless ``auth_required`` is off (development, loopback only)."""
     container = _container()
     g.client = None
     if not container.settings.auth_required:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
@@ -35,6 +35,11 @@ TOKEN_ROUTE = "/token/{platform}/{appid}"
 TICKET_ROUTE = "/ticket/{platform}/{appid}/{ticket_type}"
 CALLBACK_ROUTE = "/callback/{platform}/{appid}"
 AUTHORIZE_ROUTE = "/authorize/{platform}/{appid}"
+PROXY_ROUTE = "/proxy/{platform}/{appid}/{path}"
+PROXY_METHODS = ("get", "post", "put", "patch", "delete")
+# Segments of RFC 3986 unreserved characters, none starting with a dot
+# (so no "." or ".." segment): what the proxy sends on unchanged.
+PROXY_PATH_PATTERN = r"^[A-Za-z0-9_~-][A-Za-z0-9._~-]*(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*$"
 EXPIRES_IN_TEXT = "Whole seconds the hub will keep serving this value."
 
 Json = dict[str, Any]
@@ -91,10 +96,13 @@ def document_for(app: Flask) -> Json:
     ticket_types: dict[str, tuple[str, ...]] = {}
     appid_forms: dict[str, AppidForm] = {}
     third_party: list[str] = []
+    proxied: list[str] = []
     for name in service.platforms():
         provider = service.providers.get(name)
         if isinstance(provider, CallbackProvider):
             third_party.append(name)
+        if getattr(provider, "token_placement", None) is not None:
+            proxied.append(name)
         types = tuple(getattr(provider, "ticket_types", ()) or ())
         if types:
             ticket_types[name] = types
@@ -105,6 +113,7 @@ def document_for(app: Flask) -> Json:
         ticket_types=ticket_types,
         appid_forms=appid_forms,
         third_party=third_party,
+        proxied=proxied,
         auth_required=bool(container.settings.auth_required),
         routes=app_routes(app),
     )
@@ -128,10 +137,12 @@ def openapi_path(rule: str) -> str:
 
 def build_document(*, platforms: Sequence[str], ticket_types: Mapping[str, Sequence[str]],
                    auth_required: bool, appid_forms: Mapping[str, AppidForm] | None = None,
-                   third_party: Sequence[str] = (), routes: Collection[Route] | None = None) -> Json:
+                   third_party: Sequence[str] = (), routes: Collection[Route] | None = None,
+                   proxied: Sequence[str] = ()) -> Json:
     """The document for an app with these platforms (and, per platform, its
     ticket types and appid form; ``third_party`` the ones that take pushed
-    callbacks and authorizations) that does or does not ask for a key. With
+    callbacks and authorizations; ``proxied`` the ones whose API calls the
+    proxy takes) that does or does not ask for a key. With
     ``routes``, only the operations of those routes are listed; without,
     every operation the service defines.
 
@@ -143,7 +154,9 @@ def build_document(*, platforms: Sequence[str], ticket_types: Mapping[str, Seque
     forms = {name: (appid_forms or {}).get(name, AppidForm()) for name in platforms}
     paths: Json = {}
     apps = [name for name in third_party if name in forms]
-    for route, path, method, operation in _operations(forms, ticket_types, apps, auth_required, secured):
+    operations = [*_operations(forms, ticket_types, apps, auth_required, secured),
+                  *_proxy_operations(forms, [name for name in proxied if name in forms], auth_required, secured)]
+    for route, path, method, operation in operations:
         if routes is None or (route, method) in routes:
             paths.setdefault(path, {})[method] = operation
     return {
@@ -160,6 +173,8 @@ def build_document(*, platforms: Sequence[str], ticket_types: Mapping[str, Seque
             {"name": "tokens", "description": "Platform access tokens and tickets."},
             {"name": "third-party", "description": "What third-party platforms push (tickets, authorizations), "
                                                    "and the pages accounts authorize a third-party app on."},
+            {"name": "proxy", "description": "Platform API calls sent on with the hub's token: the token never "
+                                             "leaves the hub."},
             {"name": "operations", "description": "Health, readiness, metrics and the status page."},
             {"name": "meta", "description": "This document."},
         ],
@@ -182,7 +197,9 @@ def _description(auth_required: bool) -> str:
         '`{"code": <HTTP status>, "data": <token or null>, "error": "<message>"}`. '
         "Every answer carries `X-Request-Id`: the caller's own when it matches `[A-Za-z0-9._:-]{1,64}`, "
         "else a new one. A method a path does not allow is answered 405 with `Allow`; an unknown path 404; "
-        "a body over 64 KiB 413.\n\n" + auth
+        "a body over 64 KiB 413 (on `/proxy/...`, over `proxy_max_body`). The `/proxy/...` routes answer "
+        "with the platform's own answer, whatever it is, and with the envelope only for the hub's own "
+        "refusals.\n\n" + auth
     )
 
 
@@ -363,6 +380,47 @@ _AUTHORIZE_OPTIONS: dict[str, tuple[tuple[str, str, Json], ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class _CallbackFormat:
+    """How a third-party platform's pushes and our answers look, for the document."""
+
+    signature: tuple[tuple[str, str], ...] = (("msg_signature", "The platform's signature of the message."),
+                                              ("timestamp", "Signed with it."), ("nonce", "Signed with it."))
+    body: str = ("The platform's XML envelope (`<xml><Encrypt>...`), as it sends it (text/xml); the body is read "
+                 "whatever its Content-Type.")
+    message: str = ("The platform's encrypted XML message: a ticket (stored; an older one never replaces a newer), "
+                    "an authorization (its code exchanged at once, the grant and the account's token stored), a "
+                    "change, or a removal (the account and its tokens forgotten). Redeliveries are idempotent; "
+                    "unknown events are acknowledged. XML entities are not expanded: malformed XML is 400. No key: "
+                    "the signature authenticates.")
+    reply: Json = field(default_factory=lambda: {
+        "description": "`success` (or, for a URL check, the decrypted `echostr`), sent once what the message "
+                       "carries is stored.",
+        "content": {"text/plain": {"schema": {"type": "string"}}}})
+
+
+_CALLBACK_FORMATS: dict[str, _CallbackFormat] = {
+    "dingtalk_suite": _CallbackFormat(
+        signature=(("signature", "The platform's signature of the message (DingTalk's name for it)."),
+                   ("msg_signature", "The same signature under the name DingTalk's newer pushes use; one of "
+                                     "the two is required."),
+                   ("timestamp", "Signed with it (milliseconds)."), ("nonce", "Signed with it.")),
+        body="DingTalk's JSON `{\"encrypt\": \"...\"}`; the body is read whatever its Content-Type.",
+        message="DingTalk's encrypted JSON event: a URL check (`check_url`, `check_create_suite_url`, "
+                "`check_update_suite_url`), a `suite_ticket` (stored; an older one never replaces a newer), a "
+                "corp's authorization (`tmp_auth_code`, `change_auth`: the corp recorded), its removal "
+                "(`suite_relieve`: the corp and its tokens forgotten), or a sync HTTP push "
+                "(`SYNC_HTTP_PUSH_HIGH`: the same events as rows). Redeliveries are idempotent; unknown events are "
+                "acknowledged. No key: the signature authenticates.",
+        reply={"description": "The encrypted JSON of `success` that DingTalk waits for, URL checks included, sent "
+                              "once what the message carries is stored.",
+               "content": {"application/json": {"schema": {
+                   "type": "object", "required": ["msg_signature", "timeStamp", "nonce", "encrypt"],
+                   "properties": {name: {"type": "string"} for name in (
+                       "msg_signature", "timeStamp", "nonce", "encrypt")}}}}}),
+}
+
+
 def _third_party_operations(forms: Mapping[str, AppidForm], third_party: Sequence[str], auth_required: bool,
                             secured: list[Json]) -> Iterable[tuple[str, str, str, Json]]:
     """The callback a third-party platform pushes to (no key: the platform
@@ -376,17 +434,14 @@ def _third_party_operations(forms: Mapping[str, AppidForm], third_party: Sequenc
         "headers": _headers(),
         "content": _json({"$ref": "#/components/schemas/Unauthorized"}),
     }}
-    replied: Json = {"description": "`success` (or, for a URL check, the decrypted `echostr`), sent once what "
-                                    "the message carries is stored.",
-                     "headers": _headers(), "content": {"text/plain": {"schema": {"type": "string"}}}}
     for platform in sorted(third_party):
         form, name = forms[platform], _camel(platform)
+        shape = _CALLBACK_FORMATS.get(platform, _CallbackFormat())
+        replied: Json = {**shape.reply, "headers": _headers()}
         appid = _param("appid", "path", f"The app's id on {platform} (as `platform add` stored it).",
                        _appid_schema(form), example=form.example)
         callback = f"/callback/{platform}/{{appid}}"
-        signature = [_param(field, "query", text, {"type": "string"}) for field, text in (
-            ("msg_signature", "The platform's signature of the message."), ("timestamp", "Signed with it."),
-            ("nonce", "Signed with it."))]
+        signature = [_param(name_, "query", text, {"type": "string"}) for name_, text in shape.signature]
         # Exchanging a pushed authorization code is a platform call: 502/504.
         pushed = [400, *local_only, 404, 405, 500, 502, 503, 504]
         yield CALLBACK_ROUTE, callback, "get", {
@@ -408,17 +463,12 @@ def _third_party_operations(forms: Mapping[str, AppidForm], third_party: Sequenc
             "tags": ["third-party"],
             "operationId": f"push{name}Callback",
             "summary": f"{platform}: what the platform pushes",
-            "description": "The platform's encrypted XML message: a ticket (stored; an older one never replaces "
-                           "a newer), an authorization (its code exchanged at once, the grant and the account's "
-                           "token stored), a change, or a removal (the account and its tokens forgotten). "
-                           "Redeliveries are idempotent; unknown events are acknowledged. XML entities are not "
-                           "expanded: malformed XML is 400. No key: the signature authenticates.",
+            "description": shape.message,
             "parameters": [appid, *signature, request_id],
             # Read as raw bytes whatever the Content-Type (the platforms send text/xml); declared as
             # octet-stream because client generators (openapi-python-client) cannot type an XML body.
             "requestBody": {"required": True,
-                            "description": "The platform's XML envelope (`<xml><Encrypt>...`), as it sends it "
-                                           "(text/xml); the body is read whatever its Content-Type.",
+                            "description": shape.body,
                             "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                                 "format": "binary"}}}},
             "security": [],
@@ -499,6 +549,60 @@ def _json_event_callback(platform: str, name: str, appid: Json, request_id: Json
                               "properties": {"challenge": {"type": "string"}, "msg": {"const": "success"}}}),
         }, statuses, signed),
     }
+
+
+def _proxy_operations(forms: Mapping[str, AppidForm], proxied: Sequence[str], auth_required: bool,
+                      secured: list[Json]) -> Iterable[tuple[str, str, str, Json]]:
+    """``/proxy/<platform>/<appid>/<path>``, one path per platform (the
+    appid's form is the platform's) and one operation per method. The
+    answer is the platform's, whatever its status and type, so every
+    response is declared as any content; the hub's own refusals are its
+    JSON envelope."""
+    request_id = {"$ref": "#/components/parameters/RequestId"}
+    anything: Json = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                      "*/*": {"schema": {}}}
+    answered = {"description": "The platform's answer: its status, headers (hop-by-hop ones removed) and body, "
+                               "streamed as it sent them.", "headers": _headers(), "content": anything}
+    refused = {"description": "Any other status: the platform's own answer as it sent it, or the hub's JSON "
+                              "envelope: 400 a path that could leave the platform's base, or a platform without "
+                              "an app token (Alipay); 403 a scope that does not cover the app; 404 no credential "
+                              "for the appid; 413 a body over `proxy_max_body`; 429 over `proxy_rate_limit`; "
+                              "502 the platform unreachable; 503 a store unavailable; 504 no answer within "
+                              "`proxy_timeout`.", "headers": _headers(), "content": anything}
+    extra: Json = {"default": refused}
+    if auth_required:
+        extra["401"] = {"description": "No API key, or an unknown or revoked one (the hub's envelope); or the "
+                                       "platform's own 401.",
+                        "headers": _headers(), "content": anything}
+    for platform in sorted(proxied):
+        form, name = forms[platform], _camel(platform)
+        appid = _param("appid", "path", f"The app's id on {platform}.", _appid_schema(form), example=form.example)
+        for method in PROXY_METHODS:
+            example = "cgi-bin/get_api_domain_ip" if method == "get" else "cgi-bin/message/custom/send"
+            path = _param("path", "path", "The platform API's path under its configured base (e.g. "
+                                          "`cgi-bin/message/custom/send`), slashes as they are. The query string "
+                                          "is sent on too, less any parameter of the token's name.",
+                          {"type": "string", "pattern": PROXY_PATH_PATTERN, "maxLength": 1024}, example=example)
+            operation: Json = {
+                "tags": ["proxy"],
+                "operationId": f"proxy{name}{method.capitalize()}",
+                "summary": f"{method.upper()} a {platform} API call with the hub's token",
+                "description": "Sent to the platform's configured API base + `path` with the query string, the "
+                               "body and the caller's headers (never its API key, `Authorization`, cookies or "
+                               "hop-by-hop headers), the current token added the platform's way. On the "
+                               "platform's invalid-token answer the token is replaced (one platform call however "
+                               "many callers saw it) and the call sent once more if its body is at most 1 MiB. "
+                               f"The key's scope must cover the app (`{platform}:<appid>`).",
+                "parameters": [appid, path, request_id],
+                "security": secured,
+                "responses": dict(sorted({"200": answered, **extra}.items())),
+            }
+            if method in ("post", "put", "patch"):
+                operation["requestBody"] = {
+                    "required": False,
+                    "description": "Sent on as it comes (streamed), up to `proxy_max_body` bytes.",
+                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+            yield PROXY_ROUTE, f"/proxy/{platform}/{{appid}}/{{path}}", method, operation
 
 
 def _camel(platform: str) -> str:

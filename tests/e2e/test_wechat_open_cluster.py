@@ -114,9 +114,6 @@ def cluster(tmp_path: Path, wxopen: FakeWeChatOpen, mysql_db: str, redis_prefix:
 
 def test_without_a_ticket_every_get_is_503_and_wechat_is_asked_once_a_minute(cluster: Cluster) -> None:
     cluster.fake.set_callback_url(APPID, None)  # the requested push gets lost
-    # The limit is per minute of the clock: keep clear of a minute's end.
-    if time.time() % 60 > 50:
-        time.sleep(61 - time.time() % 60)
     urls = cluster.urls(COMPONENT_URL)
     batch = [next(urls) for _ in range(80)]
     with ThreadPoolExecutor(20) as pool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 import traceback
@@ -118,6 +119,14 @@ class _Server(ThreadingHTTPServer):
     # The stdlib default backlog of 5 drops SYNs under bursts (1 s client retransmit).
     request_queue_size = 256
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that closes its keep-alive connection (wrk at the end of
+        # a run) is not a handler error; anything else is printed as before.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
     def __init__(self, address: tuple[str, int], platform: FakePlatform) -> None:
         self.platform = platform
         self.connections: set[socket.socket] = set()
@@ -222,6 +231,7 @@ class FakePlatform:
         self._frozen: float | None = None
         self.errors: list[str] = []  # tracebacks of handlers that raised
         self._requested_port = port
+        self._tls: ssl.SSLContext | None = None
         self._calls: list[Call] = []
         self._faults: list[Fault] = []
         self._delay_s: float = 0.0
@@ -233,11 +243,18 @@ class FakePlatform:
 
     # ----------------------------------------------------------------- lifecycle
 
+    def serve_tls(self, context: ssl.SSLContext) -> Self:
+        """Serve HTTPS with ``context`` (call before start)."""
+        self._tls = context
+        return self
+
     def start(self) -> Self:
         if self._server is not None:
             return self
         self._stopping.clear()
         self._server = _Server((HOST, self._requested_port), self)
+        if self._tls is not None:
+            self._server.socket = self._tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.01},  # stop() waits up to one poll interval
@@ -293,7 +310,7 @@ class FakePlatform:
 
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"{'https' if self._tls is not None else 'http'}://{HOST}:{self.port}"
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -433,6 +450,8 @@ class FakePlatform:
                 "method": request.method,
                 "path": request.path,
                 "client_ip": request.client_ip,
+                # What a forward proxy on the way added (tests/fakes/forward_proxy.py).
+                "via": request.headers.get("via"),
                 "query": dict(request.query),
                 "body": self._body_for_log(request),
                 "fault": None,

@@ -564,6 +564,7 @@ def test_rejection_codes_are_public_and_overridable(tokens: TokenClient, hub: Hu
     assert INVALID_TOKEN_CODES["feishu"] == INVALID_TOKEN_CODES["lark"] == {99991663, 99991664, 99991671}
     assert INVALID_TOKEN_CODES["wecom"] == {40014, 42001}
     assert INVALID_TOKEN_CODES["dingtalk"] == {"InvalidAuthentication"}
+    assert INVALID_TOKEN_CODES["dingtalk_suite"] == INVALID_TOKEN_CODES["dingtalk_corp"] == {"InvalidAuthentication"}
     with pytest.raises(TypeError):
         INVALID_TOKEN_CODES["wechat"] = frozenset()  # type: ignore[index]
     assert token_rejected("wechat", {"errcode": "42001"}) and not token_rejected("wechat", {"errcode": 0})

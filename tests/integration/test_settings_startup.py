@@ -17,6 +17,8 @@ BAD_SETTINGS = [
     ("save_model", "bogus", "auto, all"),
     ("port", "abc", "whole number"),
     ("corn_interval", "-1", ">= 1"),
+    ("no_proxy", "internal.example.com,host:port", "'host:port' has a port that is not a number"),
+    ("redis_compat", "wechatpy", "no Redis is configured"),
 ]
 
 
@@ -44,6 +46,18 @@ def test_the_server_refuses_to_start_on_a_bad_setting(tmp_path: Path, name: str,
     assert result.returncode != 0
     assert_one_line_naming(result.stderr, name, value, allowed)
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("server", sorted(SERVERS))
+def test_a_bad_proxy_url_stops_the_server_naming_it_without_its_password(tmp_path: Path, server: str) -> None:
+    env = clean_env(sqlite_path=tmp_path / "pighand.sqlite3", port=free_port(), workers=1,
+                    platform_http_proxy="socks5://egress:Pr0xy-S3cret@proxy.internal:1080")
+    result = subprocess.run(SERVERS[server], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    assert result.returncode != 0
+    assert_one_line_naming(result.stderr, "platform_http_proxy", "'socks5://***@proxy.internal:1080'",
+                           "http://[user:password@]host:port")
+    assert "Pr0xy-S3cret" not in result.stderr + result.stdout
 
 
 @pytest.mark.parametrize(("name", "value", "allowed"), BAD_SETTINGS, ids=[n for n, _, _ in BAD_SETTINGS])

@@ -6,7 +6,9 @@ then calls."""
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import redis
 import requests
 from cryptography.fernet import Fernet
 from wechatpy.crypto import WeChatCrypto
@@ -24,7 +27,7 @@ from pighand_token.app import create_app
 from pighand_token.core.auth import hash_key, new_key
 from pighand_token.core.domain import Client, Credential
 from pighand_token.providers.third_party import AppSecrets
-from tests.conftest import Server, clean_env, run_cli
+from tests.conftest import Server, clean_env, free_port, run_cli
 from tests.fakes.wechat_open import (
     AUTHORIZER,
     AUTHORIZER_TOKEN_PATH,
@@ -378,8 +381,6 @@ def test_a_message_encrypted_by_wechatpy_is_accepted(hub: Hub) -> None:
 # -- tokens ------------------------------------------------------------------------
 def test_without_a_ticket_the_token_is_awaited_and_a_push_requested(hub: Hub) -> None:
     hub.fake.start_push_delay_s = 1.5  # the requested push comes after these requests
-    if time.time() % 60 > 58:  # one request a minute: keep clear of a minute's end
-        time.sleep(61 - time.time() % 60)
     answers = [hub.get(COMPONENT_URL) for _ in range(5)]
     for answer in answers:
         error = envelope(answer)["error"]
@@ -391,6 +392,16 @@ def test_without_a_ticket_the_token_is_awaited_and_a_push_requested(hub: Hub) ->
         time.sleep(0.05)
     assert token_of(hub.get(COMPONENT_URL))
     assert_no_secret(hub.log() + "".join(a.text for a in answers), hub.fake)
+
+
+def test_a_ticket_past_its_life_is_no_ticket(hub: Hub) -> None:
+    hub.fake.advance(-13 * 3600)  # written 13 hours ago: a ticket lives 12
+    acknowledged(hub.fake.push_ticket(APPID))
+    hub.fake.advance(13 * 3600)
+    answer = hub.get(COMPONENT_URL)
+    assert answer.status_code == 503, answer.text
+    assert "the last one received has expired" in envelope(answer)["error"]
+    assert hub.fake.count(COMPONENT_TOKEN_PATH) == 0 and hub.fake.count(START_PUSH_TICKET_PATH) == 1
 
 
 @pytest.mark.parametrize("how", ["rejected", "expired"])
@@ -523,6 +534,10 @@ def test_authorization_page_url_and_a_redirected_auth_code(hub: Hub) -> None:
     assert hub.fake.count(PREAUTHCODE_PATH) == 1
     assert hub.get(f"/authorize/wechat_component/{APPID}",
                    params={"redirect_uri": "javascript:alert(1)"}).status_code == 400
+    wrong_type = hub.get(f"/authorize/wechat_component/{APPID}",
+                         params={"redirect_uri": "https://isv.example/back", "auth_type": "4"})
+    assert wrong_type.status_code == 400 and "auth_type must be 1" in envelope(wrong_type)["error"]
+    assert hub.fake.count(PREAUTHCODE_PATH) == 1
 
     # The push is lost; the redirect brings the code instead.
     push = hub.fake.authorize(APPID, ACCOUNT, deliver=False)
@@ -677,6 +692,62 @@ def test_a_late_unauthorized_after_a_redirected_reauthorization_forgets_nothing(
     grant = hub.grant()
     assert grant is not None and grant.secret == hub.fake.refresh_token(APPID, ACCOUNT)
     assert hub.fake.is_valid(token_of(hub.get(AUTHORIZER_URL)), AUTHORIZER)
+
+
+def test_an_authorization_delivered_again_after_the_account_left_is_acknowledged(hub: Hub) -> None:
+    """Its code is spent (61009): sending it again can never work, so it is
+    acknowledged rather than failed into endless redeliveries."""
+    ticketed(hub)
+    first = authorized(hub)
+    hub.fake.advance(30)
+    acknowledged(hub.fake.unauthorize(APPID, ACCOUNT))
+    assert hub.grant() is None
+    acknowledged(hub.fake.redeliver(first))
+    assert hub.grant() is None
+    assert hub.get(AUTHORIZER_URL).status_code == 404
+    assert "the platform refused its code" in hub.log() and "61009" in hub.log()
+
+
+def test_an_unauthorized_that_cannot_reach_redis_is_not_acknowledged_until_done(tmp_path: Path,
+                                                                               wxopen: FakeWeChatOpen) -> None:
+    """Redis still holds the account's token: answering success would have
+    the token served again once Redis is back. WeChat delivers it again."""
+    from tests.integration.test_redis_connections import wait_ping
+
+    port = free_port()
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    redis_proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no", "--dir", str(folder)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hub = None
+    try:
+        client = redis.Redis(port=port, decode_responses=True)
+        wait_ping(client)
+        hub = Hub(tmp_path, wxopen, redis_host="127.0.0.1", redis_port=port).start()
+        ticketed(hub)
+        authorized(hub)
+        token_of(hub.get(AUTHORIZER_URL))
+        assert client.keys(f"*{ACCOUNT}*")
+        redis_proc.send_signal(signal.SIGSTOP)
+        removal = hub.fake.unauthorize(APPID, ACCOUNT)
+        assert removal.status == 503 and not removal.answered_success, (removal.status, removal.text)
+        redis_proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 15  # WeChat delivers again; Redis' breaker closes within seconds
+        again = hub.fake.redeliver(removal)
+        while not again.answered_success and time.monotonic() < deadline:
+            assert again.status == 503, (again.status, again.text)
+            time.sleep(0.5)
+            again = hub.fake.redeliver(removal)
+        acknowledged(again)
+        assert not client.keys(f"*{ACCOUNT}*") and hub.grant() is None
+        assert hub.get(AUTHORIZER_URL).status_code == 404
+    finally:
+        redis_proc.send_signal(signal.SIGCONT)
+        if hub is not None:
+            hub.stop()
+        redis_proc.kill()
+        redis_proc.wait(timeout=10)
 
 
 def test_an_authorization_delivered_again_after_a_later_one_is_acknowledged_and_ignored(hub: Hub) -> None:

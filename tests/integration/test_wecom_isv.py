@@ -6,6 +6,7 @@ enterprise crypto) to the shipped server's callback URL."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,8 @@ import pytest
 import requests
 
 from pighand_token.app import create_app
-from pighand_token.core.domain import Credential, TokenKey
+from pighand_token.core.auth import hash_key, new_key
+from pighand_token.core.domain import Client, Credential, TokenKey
 from pighand_token.providers.third_party import AppSecrets
 from tests.conftest import Server, clean_env, run_cli
 from tests.e2e.test_workers import envelope, seed
@@ -234,6 +236,20 @@ def test_cancel_auth_forgets_the_corp_and_is_audited(running: Running) -> None:
     assert fake.count() == calls
 
 
+def test_a_cancel_auth_delivered_again_after_the_corp_installed_anew_forgets_nothing(running: Running) -> None:
+    fake = running.fake
+    running.install()
+    cancelled = fake.cancel_auth(SUITE_ID, CORPID)
+    assert cancelled.ok
+    fake.advance(2)  # TimeStamp has whole seconds
+    assert fake.authorize(SUITE_ID, CORPID).ok
+    token = envelope(running.get(f"/token/wecom_corp/{CORP_APPID}"))["data"]
+    assert fake.redeliver(cancelled).ok  # acknowledged, and ignored: it predates the new install
+    assert running.container().callbacks.grants.get("wecom_corp", SUITE_ID, CORPID) is not None
+    answer = running.get(f"/token/wecom_corp/{CORP_APPID}")
+    assert answer.status_code == 200 and envelope(answer)["data"] == token
+
+
 def test_suite_token_refused_by_wecom_is_replaced_once(running: Running) -> None:
     fake = running.fake
     assert fake.push_ticket(SUITE_ID).ok
@@ -377,3 +393,34 @@ def test_wecom_corp_credentials_cannot_be_added_directly(running: Running) -> No
     container.credentials.add(Credential("wecom_provider", "wwprovider0000002", "wrong-secret"))
     answer = running.get("/token/wecom_provider/wwprovider0000002")
     assert answer.status_code == 502 and "40013" in envelope(answer)["error"]
+
+
+# -- scopes ------------------------------------------------------------------------
+def test_scopes_cover_corps_and_the_install_routes_need_the_suite(fake: FakeWeComSuite, tmp_path: Path) -> None:
+    settings: dict[str, Any] = {"sqlite_path": str(tmp_path / "pighand.sqlite3")}
+    seed(settings, ("wecom_suite", SUITE_ID, suite_secret()))
+    app = create_app(overrides={**settings, "is_enable_schedule": False, "auth_required": False})
+    scopes = (f"wecom_corp:{CORP_APPID}", "wecom_corp:*", "*", f"wecom_suite:{SUITE_ID}",
+              f"wecom_corp:{SUITE_ID}:wwsomeoneelse0001")
+    keys = {}
+    for scope in scopes:
+        key = new_key()
+        app.extensions["pighand"].clients.repo.add(Client(scope.replace(":", "-").replace("*", "all"),
+                                                          hash_key(key), (scope,), time.time()))
+        keys[scope] = {"X-API-Key": key}
+    with Server(tmp_path, workers=1, wecom_api_base=fake.base_url, is_enable_schedule=False, auth_required=True,
+                **settings) as server:
+        fake.set_callback_url(SUITE_ID, f"{server.base_url}/callback/wecom_suite/{SUITE_ID}")
+        running = Running(fake, server, settings)
+        running.install()  # the callback takes no key
+        expected = {f"wecom_corp:{CORP_APPID}": (200, 403), "wecom_corp:*": (200, 403), "*": (200, 200),
+                    f"wecom_suite:{SUITE_ID}": (403, 200), f"wecom_corp:{SUITE_ID}:wwsomeoneelse0001": (403, 403)}
+        for scope, (token_status, install_status) in expected.items():
+            got = running.get(f"/token/wecom_corp/{CORP_APPID}", headers=keys[scope]).status_code
+            page = running.get(f"/authorize/wecom_suite/{SUITE_ID}", headers=keys[scope],
+                               params={"redirect_uri": "https://isv.example/back"}).status_code
+            code = requests.post(running.url(f"/authorize/wecom_suite/{SUITE_ID}"), headers=keys[scope],
+                                 json={"auth_code": "not-a-code"}, timeout=15).status_code
+            assert (got, page) == (token_status, install_status), scope
+            assert (code == 403) == (install_status == 403), (scope, code)
+        assert running.get(f"/token/wecom_corp/{CORP_APPID}").status_code == 401

@@ -206,7 +206,7 @@ def test_string_settings_keep_exactly_the_text_given(monkeypatch: pytest.MonkeyP
 
 CHOICES = {"save_model": "all", "wechat_token_mode": "classic", "log_level": "warning",
            "redis_url": "redis://cache.internal:6380/2", "redis_sentinels": "sentinel-a:26379,sentinel-b:26379",
-           "redis_cluster_nodes": "cache-a:7000,cache-b:7001"}
+           "redis_cluster_nodes": "cache-a:7000,cache-b:7001", "platform_http_proxy": "http://egress.internal:3128"}
 
 
 def other_value(name: str, default: Any) -> tuple[str, Any]:
@@ -217,6 +217,10 @@ def other_value(name: str, default: Any) -> tuple[str, Any]:
         return "3600", 3600
     if name == "trusted_proxies":
         return "10.0.0.0/8,::1", ("10.0.0.0/8", "::1/128")
+    if name == "no_proxy":
+        return "internal.example.com,10.0.0.0/8", ("internal.example.com", "10.0.0.0/8")
+    if name == "redis_compat":
+        return "wxjava,wechatpy", ("wxjava", "wechatpy")
     if isinstance(default, bool):
         return str(not default).lower(), not default
     if isinstance(default, int):
@@ -235,6 +239,8 @@ def test_every_setting_can_be_set_by_its_pighand_variable(monkeypatch: pytest.Mo
     monkeypatch.setenv(f"PIGHAND_{field.name.upper()}", text)
     if field.name == "redis_sentinels":
         monkeypatch.setenv("PIGHAND_REDIS_SENTINEL_MASTER", "pighand")
+    if field.name == "redis_compat":  # written to Redis: needs one
+        monkeypatch.setenv("PIGHAND_REDIS_HOST", "cache.internal")
     value = getattr(load_settings(), field.name)
     assert value == expected and type(value) is type(expected)
 
