@@ -86,7 +86,7 @@ from .callback_crypto import (
 )
 from .dingtalk import HINTS as APP_HINTS
 from .dingtalk import DingTalkProvider, dingtalk_error, is_dingtalk_error
-from .third_party import PUSH_REQUEST_WINDOW_S, AppSecrets, AwaitingTicket, TicketWait
+from .third_party import PUSH_REQUEST_WINDOW_S, AccountTokens, AppSecrets, AwaitingTicket, TicketWait
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,9 @@ class DingTalkSuiteProvider(_DingTalkIsv):
                          "the developer console")
 
 
-class DingTalkCorpProvider(_DingTalkIsv):
+class DingTalkCorpProvider(AccountTokens, _DingTalkIsv):
+    missing_account = ("corp {account} has not authorized {app} {owner} (or has removed it): it is recorded when "
+                       "DingTalk pushes its authorization to the suite's callback")
     platform = CORP
     credential_platform = SUITE
     appid_pattern = f"{_SUITE_KEY.pattern}:{_CORP_ID.pattern}"
@@ -324,19 +326,6 @@ class DingTalkCorpProvider(_DingTalkIsv):
         if not _SUITE_KEY.fullmatch(suite_key) or not _CORP_ID.fullmatch(corp_id):
             return f"dingtalk_corp appid must be <suiteKey>:<corpId> (e.g. {self.appid_example}), not {appid!r}"
         return None
-
-    def credential_appid(self, appid: str) -> str:
-        return appid.partition(":")[0]
-
-    def account_error(self, appid: str) -> str | None:
-        suite_key, _, corp_id = appid.partition(":")
-        if self.grants is None or self.grants.get(CORP, suite_key, corp_id) is None:
-            return (f"corp {corp_id} has not authorized dingtalk_suite {suite_key} (or has removed it): it is "
-                    "recorded when DingTalk pushes its authorization to the suite's callback")
-        return None
-
-    def token_appids(self, appid: str) -> list[str]:
-        return [] if self.grants is None else [g.token_appid for g in self.grants.list(CORP, appid)]
 
     def check_credential(self, appid: str, secret: str) -> None:
         raise BadRequest("dingtalk_corp tokens come from the corps that authorize a dingtalk_suite; add the suite: "

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..core.domain import PushedTicket
 from ..core.errors import BadRequest, Unavailable, UpstreamError
-from ..core.ports import Clock, Locks, TicketStore
+from ..core.ports import AccountGrants, Clock, Locks, TicketStore
 from .callback_crypto import MessageCrypto
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,32 @@ class PushedApp:
 
     def seal_secrets(self, secret: str, callback: Mapping[str, str]) -> str:
         return AppSecrets(secret, callback["callback-token"], callback["encoding-aes-key"]).encode()
+
+
+class AccountTokens:
+    """What a token platform of a third-party app's accounts shares
+    (wechat_authorizer, wecom_corp, dingtalk_corp, feishu_tenant): appids
+    ``<app>:<account>``, served by the app's credential, for the accounts
+    whose grants the app holds."""
+
+    platform: str
+    grants: AccountGrants | None
+    # What an appid whose account holds no grant is told: the account, the
+    # app and the app's platform are named ({account}, {owner}, {app}).
+    missing_account: str = "{account} has not authorized {app} {owner}"
+
+    def credential_appid(self, appid: str) -> str:
+        return appid.partition(":")[0]
+
+    def account_error(self, appid: str) -> str | None:
+        owner, _, account = appid.partition(":")
+        if self.grants is None or self.grants.get(self.platform, owner, account) is None:
+            return self.missing_account.format(account=account, owner=owner,
+                                               app=getattr(self, "credential_platform", ""))
+        return None
+
+    def token_appids(self, appid: str) -> list[str]:
+        return [] if self.grants is None else [g.token_appid for g in self.grants.list(self.platform, appid)]
 
 
 def check_app_secrets(platform: str, appid: str, stored: str) -> None:

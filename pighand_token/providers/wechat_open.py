@@ -38,7 +38,7 @@ from ..core.errors import BadRequest, MethodRefused, Unavailable, UpstreamError
 from ..core.ports import AccountGrants, TokenSource
 from .base import HttpProvider, ProviderContext, TokenPlacement
 from .callback_crypto import SignedQuery, open_xml_callback
-from .third_party import AppSecrets, PushedApp, TicketWait, check_app_secrets
+from .third_party import AccountTokens, AppSecrets, PushedApp, TicketWait, check_app_secrets
 from .wechat import WeChatProvider
 
 COMPONENT = "wechat_component"
@@ -220,7 +220,9 @@ class WeChatComponentProvider(PushedApp, _WeChatThirdParty):
         return f"{LOGIN_PAGE}?{urlencode(query)}"
 
 
-class WeChatAuthorizerProvider(_WeChatThirdParty):
+class WeChatAuthorizerProvider(AccountTokens, _WeChatThirdParty):
+    missing_account = ("{account} has not authorized {app} {owner} (or has revoked it): it must authorize through "
+                       "the component's authorization page")
     platform = AUTHORIZER
     credential_platform = COMPONENT
     appid_pattern = r"[A-Za-z0-9_.-]{1,63}:[A-Za-z0-9_.-]{1,64}"
@@ -239,19 +241,6 @@ class WeChatAuthorizerProvider(_WeChatThirdParty):
             return (f"wechat_authorizer appid must be <component_appid>:<authorizer_appid> "
                     f"(e.g. {self.appid_example}), not {appid!r}")
         return None
-
-    def credential_appid(self, appid: str) -> str:
-        return appid.partition(":")[0]
-
-    def account_error(self, appid: str) -> str | None:
-        component, _, account = appid.partition(":")
-        if self.grants is None or self.grants.get(AUTHORIZER, component, account) is None:
-            return (f"{account} has not authorized wechat_component {component} (or has revoked it): "
-                    "it must authorize through the component's authorization page")
-        return None
-
-    def token_appids(self, appid: str) -> list[str]:
-        return [] if self.grants is None else [g.token_appid for g in self.grants.list(AUTHORIZER, appid)]
 
     def check_credential(self, appid: str, secret: str) -> None:
         raise BadRequest("wechat_authorizer tokens come from the accounts that authorize a wechat_component; "

@@ -45,7 +45,7 @@ from ..core.errors import BadRequest, MethodRefused, UpstreamError
 from ..core.ports import AccountGrants, TokenSource
 from .base import HttpProvider, ProviderContext, TokenPlacement, redact
 from .callback_crypto import CallbackRejected, MalformedCallback, SignedQuery, open_xml_callback
-from .third_party import AppSecrets, PushedApp, TicketWait, check_app_secrets
+from .third_party import AccountTokens, AppSecrets, PushedApp, TicketWait, check_app_secrets
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +318,9 @@ class WeComSuiteProvider(PushedApp, _WeComService):
         return f"{INSTALL_PAGE}?{urlencode(query)}"
 
 
-class WeComCorpProvider(_WeComService):
+class WeComCorpProvider(AccountTokens, _WeComService):
+    missing_account = ("corp {account} has not installed {app} {owner} (or has uninstalled it): "
+                       "it must install the suite through its install page")
     platform = CORP
     credential_platform = SUITE
     appid_pattern = r"[A-Za-z0-9_.-]{1,63}:[A-Za-z0-9_.-]{1,64}"
@@ -330,19 +332,6 @@ class WeComCorpProvider(_WeComService):
             return (f"wecom_corp appid must be <suite_id>:<auth_corpid> (e.g. {self.appid_example}), "
                     f"not {appid!r}")
         return None
-
-    def credential_appid(self, appid: str) -> str:
-        return appid.partition(":")[0]
-
-    def account_error(self, appid: str) -> str | None:
-        suite_id, _, corpid = appid.partition(":")
-        if self.grants is None or self.grants.get(CORP, suite_id, corpid) is None:
-            return (f"corp {corpid} has not installed wecom_suite {suite_id} (or has uninstalled it): "
-                    "it must install the suite through its install page")
-        return None
-
-    def token_appids(self, appid: str) -> list[str]:
-        return [] if self.grants is None else [g.token_appid for g in self.grants.list(CORP, appid)]
 
     def check_credential(self, appid: str, secret: str) -> None:
         raise BadRequest("wecom_corp tokens come from the corps that install a wecom_suite; add the suite: "

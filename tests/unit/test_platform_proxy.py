@@ -99,6 +99,7 @@ def test_a_streamed_body_stops_at_the_limit() -> None:
 
 
 def test_each_platform_declares_where_its_token_goes() -> None:
+    DINGTALK = TokenPlacement(header="x-acs-dingtalk-access-token")  # noqa: N806
     from pighand_token.providers import REGISTRY
 
     placements = {name: build.__self__.token_placement for name, build in REGISTRY.items()}  # type: ignore[attr-defined]
@@ -108,7 +109,8 @@ def test_each_platform_declares_where_its_token_goes() -> None:
         "wecom_suite": TokenPlacement(query="suite_access_token"),
         "wecom_provider": TokenPlacement(query="provider_access_token"),
         "feishu": BEARER, "feishu_app": BEARER, "lark": BEARER, "lark_app": BEARER,
-        "dingtalk": TokenPlacement(header="x-acs-dingtalk-access-token"),
+        "feishu_store": BEARER, "feishu_tenant": BEARER, "lark_store": BEARER, "lark_tenant": BEARER,
+        "dingtalk": DINGTALK, "dingtalk_suite": DINGTALK, "dingtalk_corp": DINGTALK,
         "alipay": None,
     }
     with pytest.raises(ValueError):
