@@ -38,7 +38,15 @@ from ..core.errors import BadRequest, MethodRefused, Unavailable, UpstreamError
 from ..core.ports import AccountGrants, TokenSource
 from .base import HttpProvider, ProviderContext, TokenPlacement
 from .callback_crypto import SignedQuery, open_xml_callback
-from .third_party import AccountTokens, AppSecrets, PushedApp, TicketWait, check_app_secrets
+from .third_party import (
+    PUSH_REQUEST_WINDOW_S,
+    AccountTokens,
+    AppSecrets,
+    AwaitingTicket,
+    PushedApp,
+    TicketWait,
+    check_app_secrets,
+)
 from .wechat import WeChatProvider
 
 COMPONENT = "wechat_component"
@@ -47,8 +55,9 @@ TICKET_LIFE_S = 12 * 3600.0
 LOGIN_PAGE = "https://mp.weixin.qq.com/cgi-bin/componentloginpage"
 AUTH_TYPES = ("1", "2", "3")
 # 61005 / 61006: WeChat no longer takes the stored ticket (expired on its
-# side, or pushed before the secret was reset): the next push may be 10
-# minutes away, so ask for one now, as when none is stored.
+# side, or pushed before the secret was reset): it is retired, and as the
+# next push may be 10 minutes away, one is asked for now, as when none is
+# stored.
 TICKET_REFUSED = (61005, 61006)
 # 61023: the refresh token is no longer valid: the account must authorize
 # the component again; retrying cannot help.
@@ -118,7 +127,8 @@ class WeChatComponentProvider(PushedApp, _WeChatThirdParty):
         provider = cls(session=ctx.session, base_url=ctx.settings.wechat_api_base,
                        timeout_s=ctx.settings.upstream_timeout, clock=ctx.clock, platform=COMPONENT)
         provider._setup(ctx)
-        provider.wait = TicketWait(COMPONENT, "component_verify_ticket", ctx.tickets, ctx.locks, ctx.clock)
+        provider.wait = TicketWait(COMPONENT, "component_verify_ticket", ctx.tickets, ctx.locks, ctx.clock,
+                                   TICKET_LIFE_S)
         return provider
 
     def check_credential(self, appid: str, secret: str) -> None:
@@ -130,22 +140,33 @@ class WeChatComponentProvider(PushedApp, _WeChatThirdParty):
         def ask() -> None:
             self._ask_for_ticket(credential.appid, secrets)
 
-        ticket = self.wait.current(credential.appid, ask)
-        started = self.clock()
-        _, body = self.request_json(
-            "POST", "/cgi-bin/component/api_component_token", secrets=[secrets.secret, ticket.value],
-            json={"component_appid": credential.appid, "component_appsecret": secrets.secret,
-                  "component_verify_ticket": ticket.value})
-        errcode = body.get("errcode")
-        if isinstance(errcode, int) and errcode != 0:
+        for attempt in (1, 2):
+            ticket = self.wait.current(credential.appid, ask)
+            started = self.clock()
+            _, body = self.request_json(
+                "POST", "/cgi-bin/component/api_component_token", secrets=[secrets.secret, ticket.value],
+                json={"component_appid": credential.appid, "component_appsecret": secrets.secret,
+                      "component_verify_ticket": ticket.value})
+            errcode = body.get("errcode")
+            if not isinstance(errcode, int) or errcode == 0:
+                return _token(self.platform, body, "component_access_token", started)
             error = self._third_party_error(errcode, str(body.get("errmsg", "")), [secrets.secret, ticket.value])
-            if errcode in TICKET_REFUSED:
-                # The refusal rests the component like any failure (no call per
-                # request with a ticket known bad); a new ticket ends the rest.
-                asked = self.wait.ask(credential.appid, ask, self.clock())
-                raise UpstreamError(self.platform, f"{error.platform_message}; {asked}", errcode=errcode)
-            raise error
-        return _token(self.platform, body, "component_access_token", started)
+            if errcode not in TICKET_REFUSED:
+                raise error
+            # The refused ticket is retired for every worker: none calls
+            # WeChat with it again, and the next push (asked for now) ends
+            # the wait at once, whenever it lands. A rest (cooldown) would
+            # race with that push and could outlast it.
+            self.wait.retire(ticket)
+            log.warning("%s %s: %s", self.platform, credential.appid, error.message)
+            if attempt == 2:
+                break
+            try:
+                self.wait.current(credential.appid, ask)  # a newer ticket stored meanwhile: tried once
+            except AwaitingTicket as exc:
+                raise AwaitingTicket(f"{error.message}; {exc.message}", retry_after_s=PUSH_REQUEST_WINDOW_S) from None
+        raise AwaitingTicket(f"{self.platform} {credential.appid}: WeChat refused the newest ticket too; waiting "
+                             "for the next push", retry_after_s=PUSH_REQUEST_WINDOW_S)
 
     def _ask_for_ticket(self, appid: str, secrets: AppSecrets) -> None:
         _, body = self.request_json("POST", "/cgi-bin/component/api_start_push_ticket", secrets=[secrets.secret],
