@@ -328,8 +328,11 @@ def add_client(settings: dict[str, Any], name: str, *scopes: str) -> str:
     return key
 
 
-# Every operation is exercised (about 150 with a proxy path per platform and method): on 2 busy
-# cores that takes a few minutes.
+# The proxy's operations are one handler whatever the platform: those of one platform stand for
+# all (about 100 operations fewer, minutes off the suite on 2 cores).
+FUZZED_PROXY_ONLY = r"^/proxy/(?!wechat/)"
+
+
 @pytest.mark.timeout(420)
 def test_schemathesis_finds_the_live_api_true_to_its_document(tmp_path: Path, wechat: FakeWeChat,
                                                                request: pytest.FixtureRequest) -> None:
@@ -357,12 +360,13 @@ def test_schemathesis_finds_the_live_api_true_to_its_document(tmp_path: Path, we
              "--checks", ",".join(CHECKS),
              "--header", f"Authorization: Bearer {key}",
              "--phases", "examples,coverage,fuzzing",
-             "--max-examples", "25",
+             "--max-examples", "12",
              "--seed", "20261124",
              # One worker: with threads, CPython 3.11.7's ast.parse (which hypothesis calls to describe
              # the filters schemathesis builds) fails now and then with "AST constructor recursion
              # depth mismatch".
              "--workers", "1",
+             "--exclude-path-regex", FUZZED_PROXY_ONLY,
              "--request-timeout", "15",
              "--report", "junit", "--report-dir", str(reports)],
             cwd=tmp_path, capture_output=True, text=True, timeout=400)
@@ -371,7 +375,9 @@ def test_schemathesis_finds_the_live_api_true_to_its_document(tmp_path: Path, we
     cases = ET.parse(next(reports.glob("*.xml"))).getroot().iter("testcase")
     tested = {case.get("name") for case in cases}
     # Schemathesis leaves out the operation serving the document itself.
-    assert tested == {f"{method.upper()} {path}" for path, method in operations(live) if path != "/openapi.json"}
+    assert tested == {f"{method.upper()} {path}" for path, method in operations(live)
+                      if path != "/openapi.json" and not re.match(FUZZED_PROXY_ONLY, path)}
+    assert {"GET /proxy/wechat/{appid}/{path}", "POST /proxy/wechat/{appid}/{path}"} <= tested, tested
     assert {"GET /token/wechat/{appid}", "PUT /token/wechat/{appid}", "GET /token/alipay/{appid}",
             "GET /token/wecom/{appid}", "GET /ticket/wechat/{appid}/{ticket_type}"} <= tested, tested
     # Positive cases reached the platform: the success paths were held to the document too.
