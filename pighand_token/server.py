@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -102,6 +103,29 @@ def check_bind(settings: Settings) -> None:
             "(127.0.0.1, ::1); set auth_required=true to serve other hosts")
 
 
+def check_port_free(host: str, port: int) -> None:
+    """SettingsError when something already listens on ``host:port``.
+
+    granian listens with SO_REUSEPORT: a second server on a port held by
+    another one (an old instance still running, another service of the same
+    user) would start without a word and the kernel would split the callers
+    between the two. A plain bind fails with EADDRINUSE in that case."""
+    host = host.strip("[]")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise SettingsError(f"host={host!r} is invalid: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        # A port whose last connections are in TIME_WAIT is free to listen on.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise SettingsError(f"port={port} is invalid: {host}:{port} is already in use ({exc.strerror}); "
+                                "stop what listens there or choose another port") from None
+
+
 def check_stored_secrets(settings: Settings) -> None:
     """Before any worker starts: SettingsError when ``encryption_key`` opens
     none of the stored secrets (every miss would be a 500 otherwise). A
@@ -146,6 +170,7 @@ def serve(settings: Settings) -> None:
     # multiprocess value class at import).
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     try:
+        check_port_free(opts.host, opts.port)
         check_stored_secrets(settings)
     except SettingsError:
         if own:

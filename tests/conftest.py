@@ -499,10 +499,30 @@ class HttpClient:
 
 
 # -- servers ------------------------------------------------------------------
+# Ports for the servers the tests start (granian, redis-server, mariadbd,
+# proxies): below the kernel's ephemeral range, so no client connection or
+# port-0 listener can take one between free_port() and the server's bind,
+# and a block of its own per xdist worker, so two workers never hand out the
+# same port (granian listens with SO_REUSEPORT: two servers on one port would
+# both start and split the callers). Within the block, ports go round in
+# turn from a start of this run's own.
+_PORTS_FROM, _PORTS_PER_WORKER, _PORT_WORKERS = 16000, 2000, 8
+_next_port = [os.getpid() % _PORTS_PER_WORKER]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    block = _PORTS_FROM + (int(worker) if worker.isdigit() else 0) % _PORT_WORKERS * _PORTS_PER_WORKER
+    for _ in range(_PORTS_PER_WORKER):
+        port = block + _next_port[0] % _PORTS_PER_WORKER
+        _next_port[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or its last connections still in TIME_WAIT
+            return port
+    raise RuntimeError(f"no free port in {block}-{block + _PORTS_PER_WORKER - 1}")
 
 
 def clean_env(**settings: Any) -> dict[str, str]:
@@ -526,13 +546,22 @@ class Server:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{self.name}-{self.port}.log"
         settings.setdefault("auth_required", False)
+        self.workers = workers
         self.env = clean_env(host="127.0.0.1", port=self.port, workers=workers, threads=threads, **settings)
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_start = 0
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "pighand_token", "serve"]
 
+    def booted(self) -> bool:
+        """Every worker is serving (granian logs each once it is): the
+        first answer alone may come while the others are still importing."""
+        text = self.log_path.read_bytes()[self._log_start:].decode(errors="replace")
+        return text.count('"msg": "Started worker-') >= self.workers
+
     def start(self, timeout_s: float = 30) -> Server:
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdout=log, stderr=log,
                                      stdin=subprocess.DEVNULL)
@@ -542,9 +571,11 @@ class Server:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 requests.get(self.base_url + "/healthz", timeout=5)
-                return self
+                if self.booted():
+                    return self
             except requests.RequestException:  # not listening yet, or a worker still booting
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{self.name} did not start within {timeout_s} s:\n{self.log()}")
 
@@ -582,6 +613,9 @@ class Gunicorn(Server):
     """gunicorn with its stock gthread worker and our gunicorn.conf.py."""
 
     name = "gunicorn"
+
+    def booted(self) -> bool:
+        return True  # its workers share one listening socket: one still booting takes no caller
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]

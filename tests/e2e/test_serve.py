@@ -514,3 +514,18 @@ def test_a_public_bind_with_auth_off_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "host='0.0.0.0' is invalid" in result.stderr
     assert "Listening" not in result.stderr  # refused before granian bound anything
+
+
+def test_a_port_another_server_listens_on_is_refused(tmp_path: Path) -> None:
+    # What granian itself holds: a listener with SO_REUSEPORT, which a second
+    # granian would silently share.
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = clean_env(host="127.0.0.1", port=port, sqlite_path=str(tmp_path / "p.sqlite3"))
+        result = run_cli("serve", env=env, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert f"127.0.0.1:{port} is already in use" in result.stderr
+    assert "Listening" not in result.stderr
