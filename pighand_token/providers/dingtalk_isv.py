@@ -176,9 +176,7 @@ class _DingTalkIsv(HttpProvider):
             if error.errcode != TICKET_REFUSED:
                 raise error
             self.wait.retire(ticket)
-            newer = self.wait.tickets.latest(SUITE, suite_key) if self.wait.tickets is not None else None
-            if attempt == 1 and newer is not None and newer.created_at > ticket.created_at and newer.valid(
-                    self.clock()):
+            if attempt == 1 and self.wait.newer(ticket) is not None:
                 log.info("%s %s: DingTalk refused the suite_ticket pushed at %.0f; trying the newer one",
                          self.platform, suite_key, ticket.created_at)
                 continue

@@ -7,7 +7,9 @@
   the event URL every hour. With no valid ticket stored the answer is 503 and
   Feishu is asked to push one (``app_ticket/resend``), at most once a minute
   across the deployment. A ticket is kept 12 hours from its push, as the
-  SDKs keep it (Feishu documents no life; its pushes come hourly).
+  SDKs keep it (Feishu documents no life; its pushes come hourly); one
+  Feishu refuses (10012) is retired at once, and the app waits (503) for
+  the push asked for then.
 - ``feishu_tenant`` (token appid ``<app_id>:<tenant_key>``, served by the
   app's credential): the ``tenant_access_token`` for one installing tenant,
   made with the app token (asked of the service, so it has the whole
@@ -49,7 +51,7 @@ from .base import HttpProvider, ProviderContext
 from .callback_crypto import CallbackRejected, FeishuCrypto, MalformedCallback, json_object
 from .feishu import HINTS as FEISHU_HINTS
 from .feishu import FeishuProvider
-from .third_party import TicketWait
+from .third_party import PUSH_REQUEST_WINDOW_S, AwaitingTicket, TicketWait
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ TICKET_LIFE_S = 12 * 3600.0
 # nothing: tickets and tenants are ordered by the event's own create time.
 REPLAY_WINDOW_S = 300.0
 
-# 10012: Feishu no longer takes the stored app_ticket: ask for a push now.
+# 10012: Feishu no longer takes the stored app_ticket: retire it, ask for a push now.
 TICKET_REFUSED = 10012
 # The app token Feishu no longer takes (99991664 app token invalid, 99991671
 # access token invalid; platform-facts §2.1): replace it once.
@@ -155,7 +157,7 @@ class FeishuStoreProvider(_StoreService):
 
     def _setup(self, ctx: ProviderContext) -> None:
         self.account_platform = TENANT_OF[self.platform]
-        self.wait = TicketWait(self.platform, "app_ticket", ctx.tickets, ctx.locks, ctx.clock)
+        self.wait = TicketWait(self.platform, "app_ticket", ctx.tickets, ctx.locks, ctx.clock, TICKET_LIFE_S)
 
     # -- the credential ---------------------------------------------------------
     def seal_secrets(self, secret: str, callback: Mapping[str, str]) -> str:
@@ -173,20 +175,31 @@ class FeishuStoreProvider(_StoreService):
         def ask() -> None:
             self.call(RESEND_PATH, {"app_id": credential.appid, "app_secret": secrets.secret}, [secrets.secret])
 
-        ticket = self.wait.current(credential.appid, ask)
-        started = self.clock()
-        hidden = [secrets.secret, ticket.value]
-        try:
-            body = self.call(APP_TOKEN_PATH, {"app_id": credential.appid, "app_secret": secrets.secret,
-                                              "app_ticket": ticket.value}, hidden)
-        except UpstreamError as exc:
-            if exc.errcode == TICKET_REFUSED:
-                # The refusal rests the app like any failure (no call per
-                # request with a ticket known bad); a new push ends the rest.
+        for attempt in (1, 2):
+            ticket = self.wait.current(credential.appid, ask)
+            started = self.clock()
+            hidden = [secrets.secret, ticket.value]
+            try:
+                body = self.call(APP_TOKEN_PATH, {"app_id": credential.appid, "app_secret": secrets.secret,
+                                                  "app_ticket": ticket.value}, hidden)
+            except UpstreamError as exc:
+                if exc.errcode != TICKET_REFUSED:
+                    raise
+                # The refused ticket is retired for every worker, which then
+                # wait (503) for the push asked for now; that push ends the
+                # wait the moment it is stored (a rest would race with it).
+                # One pushed meanwhile is tried once.
+                self.wait.retire(ticket)
+                if attempt == 1 and self.wait.newer(ticket) is not None:
+                    continue
+                log.warning("%s %s: %s", self.platform, credential.appid, exc.message)
                 asked = self.wait.ask(credential.appid, ask, self.clock())
-                raise UpstreamError(self.platform, f"{exc.platform_message}; {asked}", errcode=exc.errcode) from None
-            raise
-        return self.token_from(body, "app_access_token", started)
+                raise AwaitingTicket(
+                    f"{exc.message}; waiting for the next app_ticket push to "
+                    f"/callback/{self.platform}/{credential.appid}; {asked}",
+                    retry_after_s=PUSH_REQUEST_WINDOW_S) from None
+            return self.token_from(body, "app_access_token", started)
+        raise AssertionError("unreachable")
 
     # -- the event callback ---------------------------------------------------------
     def open_callback(self, credential: Credential, request: CallbackRequest) -> CallbackMessage:

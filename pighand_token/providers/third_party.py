@@ -148,6 +148,14 @@ class TicketWait:
             return False
         return self.tickets.retire(ticket.platform, ticket.appid, ticket.created_at, self.clock())
 
+    def newer(self, ticket: PushedTicket) -> PushedTicket | None:
+        """A valid ticket pushed after ``ticket`` (one the platform refused
+        may have been overtaken by a push meanwhile: worth one try)."""
+        latest = self.tickets.latest(ticket.platform, ticket.appid) if self.tickets is not None else None
+        if latest is not None and latest.created_at > ticket.created_at and latest.valid(self.clock()):
+            return latest
+        return None
+
     def ask(self, appid: str, ask: Callable[[], None], now: float) -> str:
         """Call ``ask`` (the platform's push-a-ticket-now API) unless some
         worker did within the minute; what happened, for the caller's message."""
