@@ -386,8 +386,15 @@ class _CallbackFormat:
 
     signature: tuple[tuple[str, str], ...] = (("msg_signature", "The platform's signature of the message."),
                                               ("timestamp", "Signed with it."), ("nonce", "Signed with it."))
+    # Where the signature's parameters come: the query string, or headers.
+    signed_in: str = "query"
+    summary: str = "what the platform pushes"
     body: str = ("The platform's XML envelope (`<xml><Encrypt>...`), as it sends it (text/xml); the body is read "
                  "whatever its Content-Type.")
+    # Read as raw bytes whatever the Content-Type (the platforms send text/xml); declared as
+    # octet-stream because client generators (openapi-python-client) cannot type an XML body.
+    body_content: Json = field(default_factory=lambda: {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}})
     message: str = ("The platform's encrypted XML message: a ticket (stored; an older one never replaces a newer), "
                     "an authorization (its code exchanged at once, the grant and the account's token stored), a "
                     "change, or a removal (the account and its tokens forgotten). Redeliveries are idempotent; "
@@ -398,6 +405,30 @@ class _CallbackFormat:
                        "carries is stored.",
         "content": {"text/plain": {"schema": {"type": "string"}}}})
 
+
+# Feishu / Lark push JSON events signed in headers, not XML signed in the query string.
+_FEISHU_EVENTS = _CallbackFormat(
+    signature=(("X-Lark-Request-Timestamp", "When the platform signed the push (seconds); one more than 5 minutes "
+                                            "off is refused as a replay."),
+               ("X-Lark-Request-Nonce", "Signed with it."),
+               ("X-Lark-Signature", "sha256(timestamp + nonce + Encrypt Key + body), hex; sent when the app has an "
+                                    "Encrypt Key.")),
+    signed_in="header",
+    summary="the events the platform pushes",
+    body="The event as the platform sends it.",
+    body_content={"application/json": {"schema": {"type": "object"}}},
+    message="The app's event subscription: `{\"encrypt\": ...}` (AES-256-CBC with sha256 of the Encrypt Key, "
+            "signed in the headers) or, for an app without an Encrypt Key, the plain event; the verification token "
+            "inside must match. `url_verification` is answered with its `challenge`; `app_ticket` is stored (an "
+            "older one never replaces a newer); any event naming a `tenant_key` records the tenant; "
+            "`app_uninstalled` forgets it. Redeliveries are idempotent; unknown events are acknowledged. No key: "
+            "the signature and the token authenticate.",
+    reply={"description": "`{\"challenge\": ...}` for a URL check, else `{\"msg\": \"success\"}`, sent once what "
+                          "the event carries is stored.",
+           # The platform's own answer, not the envelope: Feishu reads the challenge from it.
+           "content": {"application/json": {"schema": {
+               "type": "object", "additionalProperties": False,
+               "properties": {"challenge": {"type": "string"}, "msg": {"const": "success"}}}}}})
 
 _CALLBACK_FORMATS: dict[str, _CallbackFormat] = {
     "dingtalk_suite": _CallbackFormat(
@@ -418,6 +449,8 @@ _CALLBACK_FORMATS: dict[str, _CallbackFormat] = {
                    "type": "object", "required": ["msg_signature", "timeStamp", "nonce", "encrypt"],
                    "properties": {name: {"type": "string"} for name in (
                        "msg_signature", "timeStamp", "nonce", "encrypt")}}}}}),
+    "feishu_store": _FEISHU_EVENTS,
+    "lark_store": _FEISHU_EVENTS,
 }
 
 
@@ -441,7 +474,7 @@ def _third_party_operations(forms: Mapping[str, AppidForm], third_party: Sequenc
         appid = _param("appid", "path", f"The app's id on {platform} (as `platform add` stored it).",
                        _appid_schema(form), example=form.example)
         callback = f"/callback/{platform}/{{appid}}"
-        signature = [_param(name_, "query", text, {"type": "string"}) for name_, text in shape.signature]
+        signature = [_param(name_, shape.signed_in, text, {"type": "string"}) for name_, text in shape.signature]
         # Exchanging a pushed authorization code is a platform call: 502/504.
         pushed = [400, *local_only, 404, 405, 500, 502, 503, 504]
         yield CALLBACK_ROUTE, callback, "get", {
@@ -451,26 +484,19 @@ def _third_party_operations(forms: Mapping[str, AppidForm], third_party: Sequenc
             "description": "For platforms that check the URL with a GET (WeCom: the signed, encrypted `echostr`, "
                            "answered decrypted). A platform that only posts answers 405 with `Allow: POST`. "
                            "No key: the signature authenticates.",
-            "parameters": [appid, *signature,
+            "parameters": [appid, *(signature if shape.signed_in == "query" else []),
                            _param("echostr", "query", "The encrypted string to answer decrypted.",
                                   {"type": "string"}), request_id],
             "security": [],
             "responses": _responses(replied, [400, *local_only, 404, 405, 500, 503], signed),
         }
-        yield CALLBACK_ROUTE, callback, "post", _json_event_callback(
-            platform, name, appid, request_id, sorted([*pushed, 413]), signed
-        ) if platform in _JSON_EVENT_CALLBACKS else {
+        yield CALLBACK_ROUTE, callback, "post", {
             "tags": ["third-party"],
             "operationId": f"push{name}Callback",
-            "summary": f"{platform}: what the platform pushes",
+            "summary": f"{platform}: {shape.summary}",
             "description": shape.message,
             "parameters": [appid, *signature, request_id],
-            # Read as raw bytes whatever the Content-Type (the platforms send text/xml); declared as
-            # octet-stream because client generators (openapi-python-client) cannot type an XML body.
-            "requestBody": {"required": True,
-                            "description": shape.body,
-                            "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                                "format": "binary"}}}},
+            "requestBody": {"required": True, "description": shape.body, "content": shape.body_content},
             "security": [],
             "responses": _responses(replied, sorted([*pushed, 413]), signed),
         }
@@ -510,45 +536,6 @@ def _third_party_operations(forms: Mapping[str, AppidForm], third_party: Sequenc
             "responses": _responses(_ok("The account that authorized.", "AuthorizedAccount"),
                                     [400, *unauthorized, 403, 404, 405, 413, 500, 502, 503, 504]),
         }
-
-
-# Platforms that push JSON events signed in headers (Feishu / Lark), not XML
-# signed in the query string.
-_JSON_EVENT_CALLBACKS = frozenset({"feishu_store", "lark_store"})
-
-
-def _json_event_callback(platform: str, name: str, appid: Json, request_id: Json, statuses: list[int],
-                         signed: Json) -> Json:
-    headers = [_param(header, "header", text, {"type": "string"}) for header, text in (
-        ("X-Lark-Request-Timestamp", "When the platform signed the push (seconds); one more than 5 minutes off "
-                                     "is refused as a replay."),
-        ("X-Lark-Request-Nonce", "Signed with it."),
-        ("X-Lark-Signature", "sha256(timestamp + nonce + Encrypt Key + body), hex; sent when the app has an "
-                             "Encrypt Key."))]
-    return {
-        "tags": ["third-party"],
-        "operationId": f"push{name}Callback",
-        "summary": f"{platform}: the events the platform pushes",
-        "description": "The app's event subscription: `{\"encrypt\": ...}` (AES-256-CBC with sha256 of the "
-                       "Encrypt Key, signed in the headers) or, for an app without an Encrypt Key, the plain "
-                       "event; the verification token inside must match. `url_verification` is answered with its "
-                       "`challenge`; `app_ticket` is stored (an older one never replaces a newer); any event "
-                       "naming a `tenant_key` records the tenant; `app_uninstalled` forgets it. Redeliveries are "
-                       "idempotent; unknown events are acknowledged. No key: the signature and the token "
-                       "authenticate.",
-        "parameters": [appid, *headers, request_id],
-        "requestBody": {"required": True, "description": "The event as the platform sends it.",
-                        "content": {"application/json": {"schema": {"type": "object"}}}},
-        "security": [],
-        "responses": _responses({
-            "description": "`{\"challenge\": ...}` for a URL check, else `{\"msg\": \"success\"}`, sent once "
-                           "what the event carries is stored.",
-            "headers": _headers(),
-            # The platform's own answer, not the envelope: Feishu reads the challenge from it.
-            "content": _json({"type": "object", "additionalProperties": False,
-                              "properties": {"challenge": {"type": "string"}, "msg": {"const": "success"}}}),
-        }, statuses, signed),
-    }
 
 
 def _proxy_operations(forms: Mapping[str, AppidForm], proxied: Sequence[str], auth_required: bool,
