@@ -397,7 +397,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             kept.append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
+    # The longest first (servers and clusters, then what runs over HTTP, then
+    # the rest), so xdist spreads them over its workers from the start and
+    # the run does not end on one worker still busy with a cluster test.
+    items[:] = sorted(kept, key=_run_order)
+
+
+def _run_order(item: pytest.Item) -> int:
+    path = Path(str(item.path)).relative_to(ROOT).as_posix()
+    if path.startswith("tests/e2e/"):
+        return 0
+    params = getattr(item, "callspec", None)
+    if params is not None and params.params.get("serving_path") == "served":
+        return 1
+    return 2 if path.startswith("tests/integration/") else 3
 # The running test's serving path and request, set by serving_path().
 _SERVING: dict[str, Any] = {}
 
@@ -549,33 +562,34 @@ class Server:
         self.workers = workers
         self.env = clean_env(host="127.0.0.1", port=self.port, workers=workers, threads=threads, **settings)
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log_start = 0
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "pighand_token", "serve"]
 
-    def booted(self) -> bool:
-        """Every worker is serving (granian logs each once it is): the
-        first answer alone may come while the others are still importing."""
-        text = self.log_path.read_bytes()[self._log_start:].decode(errors="replace")
-        return text.count('"msg": "Started worker-') >= self.workers
+    def booted(self, workers_seen: set[str]) -> bool:
+        """Every worker is serving (the first answer alone may come while the
+        others are still importing): each has answered a /healthz. A worker
+        is told apart by the prefix of the request ids it gives."""
+        return len(workers_seen) >= self.workers
 
     def start(self, timeout_s: float = 30) -> Server:
-        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdout=log, stderr=log,
                                      stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
+        seen: set[str] = set()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                requests.get(self.base_url + "/healthz", timeout=5)
-                if self.booted():
+                # A new connection each time: the kernel hands each to one of the workers.
+                answer = requests.get(self.base_url + "/healthz", timeout=5)
+                seen.add(answer.headers.get("X-Request-Id", "")[:12])
+                if self.booted(seen):
                     return self
-            except requests.RequestException:  # not listening yet, or a worker still booting
-                pass
-            time.sleep(0.1)
+                time.sleep(0.02)
+            except requests.RequestException:  # not listening yet
+                time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{self.name} did not start within {timeout_s} s:\n{self.log()}")
 
@@ -614,7 +628,7 @@ class Gunicorn(Server):
 
     name = "gunicorn"
 
-    def booted(self) -> bool:
+    def booted(self, workers_seen: set[str]) -> bool:
         return True  # its workers share one listening socket: one still booting takes no caller
 
     def command(self) -> list[str]:

@@ -87,7 +87,7 @@ def test_scheduler_over_two_instances_of_four_workers_refreshes_each_token_once_
         start_cluster(stack, tmp_path, 2, 4, wechat_api_base=wechat.base_url, is_enable_schedule=True,
                       corn_interval=3, **settings)
         time.sleep(10)
-        ended = time.time()
+    ended = time.time()  # every server has stopped: no tick after this
     for appid, _ in apps:
         times = sorted(c["time"] for c in wechat.find(STABLE, appid=appid))
         # The first instance ticks while the second is still starting, so

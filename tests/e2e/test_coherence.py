@@ -82,12 +82,12 @@ def test_put_on_one_instance_is_served_by_every_worker_of_every_instance_within_
         current = envelope(requests.get(urls[0] + PATH, timeout=10))["data"]
         fresh_gets(pool, urls, FRESH_GETS)  # every worker holds the token in its memory
         started = time.monotonic()
-        old_served, workers = put_then_get_rounds(pool, urls, current, 200)
+        old_served, workers = put_then_get_rounds(pool, urls, current, 80)
         elapsed = time.monotonic() - started
         assert old_served == 0
         assert all(len(seen) == 2 for seen in workers.values()), workers  # both workers of both instances
-        assert elapsed < 45
-        assert wechat.count("/cgi-bin/token") == 201
+        assert elapsed < 30
+        assert wechat.count("/cgi-bin/token") == 81
 
 
 def test_without_redis_a_get_one_second_after_a_put_never_sees_the_replaced_token(

@@ -96,6 +96,12 @@ class Cli:
         return [str(r[1]) for r in self.sql(f"PRAGMA table_info({table})")]
 
 
+# Commands that read or write the store run on each kind; the others (how a
+# command reads its input and words its output) on SQLite alone: the stores
+# are the same code under every command.
+ONE_STORE = pytest.mark.parametrize("cli", ["sqlite"], indirect=True)
+
+
 @pytest.fixture(params=["sqlite", "mysql", "postgres"])
 def cli(request: pytest.FixtureRequest, tmp_path: Path, wechat: FakeWeChat) -> Cli:
     kind = str(request.param)
@@ -170,6 +176,7 @@ def test_platform_add_stores_the_secret_and_list_never_shows_it(cli: Cli) -> Non
     no_secret(listed, SECRET, "other-secret-22")
 
 
+@ONE_STORE
 def test_secret_on_the_command_line_warns_and_secret_file_stdin_does_not(cli: Cli) -> None:
     given = cli("platform", "add", "wechat", APP, "--secret", SECRET)
     assert given.returncode == 0
@@ -181,6 +188,7 @@ def test_secret_on_the_command_line_warns_and_secret_file_stdin_does_not(cli: Cl
     assert ("wechat", "wx_app_2", "piped-secret-77") in cli.credentials()
 
 
+@ONE_STORE
 def test_flask_app_wsgi_carries_the_same_commands(cli: Cli) -> None:
     added = run_flask("platform", "add", "wechat", APP, "--secret", SECRET, env=cli.env)
     assert added.returncode == 0 and f"added wechat {APP}" in added.stdout, added.stderr
@@ -191,6 +199,7 @@ def test_flask_app_wsgi_carries_the_same_commands(cli: Cli) -> None:
     no_secret(flask_listed, SECRET)
 
 
+@ONE_STORE
 def test_console_script_is_the_same_command(cli: Cli) -> None:
     script = shutil.which("pighand-token")
     assert script is not None, "pip install -e . installs the pighand-token command"
@@ -202,6 +211,7 @@ def test_console_script_is_the_same_command(cli: Cli) -> None:
         assert f"  {command} " in helped.stdout
 
 
+@ONE_STORE
 def test_platform_add_without_secret_prompts_and_reads_it_from_stdin(cli: Cli) -> None:
     typed = "typed-on-stdin-9f8e"
     result = cli("platform", "add", "wechat", APP, input=typed + "\n")
@@ -245,7 +255,7 @@ def run_in_terminal(args: Sequence[str], env: dict[str, str], typed: str) -> tup
         os.close(master)
 
 
-@pytest.mark.parametrize("cli", ["sqlite"], indirect=True)
+@ONE_STORE
 def test_platform_add_on_a_terminal_does_not_echo_the_typed_secret(cli: Cli) -> None:
     typed = "typed-on-a-tty-4c2b"
     code, shown = run_in_terminal(["platform", "add", "wechat", APP], cli.env, typed)
@@ -255,7 +265,7 @@ def test_platform_add_on_a_terminal_does_not_echo_the_typed_secret(cli: Cli) -> 
     assert cli.credentials() == [("wechat", APP, typed)]
 
 
-@pytest.mark.parametrize("cli", ["sqlite"], indirect=True)
+@ONE_STORE
 def test_platform_add_refuses_an_unknown_platform_and_lists_the_supported_ones(cli: Cli) -> None:
     error = cli.fails("platform", "add", "myspace", APP, "--secret", SECRET, hidden=[SECRET])
     assert "'myspace'" in error and "supported platforms:" in error and "wechat" in error
@@ -318,7 +328,7 @@ def test_platform_import_adds_every_row(cli: Cli, tmp_path: Path, fmt: str) -> N
     assert cli.credentials() == sorted(ROWS)
 
 
-@pytest.mark.parametrize("cli", ["sqlite"], indirect=True)
+@ONE_STORE
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_platform_import_is_all_or_nothing_and_names_the_bad_line(cli: Cli, tmp_path: Path, fmt: str) -> None:
     bad = [*ROWS[:2], ("myspace", "imp_3", "sec-three"), ("wechat", "imp_4", "sec-four")]
@@ -328,7 +338,7 @@ def test_platform_import_is_all_or_nothing_and_names_the_bad_line(cli: Cli, tmp_
     assert cli.credentials() == []
 
 
-@pytest.mark.parametrize("cli", ["sqlite"], indirect=True)
+@ONE_STORE
 def test_platform_import_names_the_line_of_a_missing_field(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "short.csv"
     path.write_text("platform,appid,secret\nwechat,imp_1,sec-one\nwechat,imp_2,sec-two\nwechat,imp_3\n")
@@ -337,7 +347,7 @@ def test_platform_import_names_the_line_of_a_missing_field(cli: Cli, tmp_path: P
     assert cli.credentials() == []
 
 
-@pytest.mark.parametrize("cli", ["sqlite"], indirect=True)
+@ONE_STORE
 def test_platform_import_names_both_lines_of_a_duplicate_in_the_file(cli: Cli, tmp_path: Path) -> None:
     path = write_rows(tmp_path / "dup.csv", "csv", [*ROWS, ("wechat", "imp_1", "again")])
     error = cli.fails("platform", "import", str(path))
@@ -356,7 +366,7 @@ def test_platform_import_refuses_existing_rows_by_line_unless_update(cli: Cli, t
     assert cli.credentials() == sorted(ROWS)
 
 
-@pytest.mark.parametrize("cli", ["sqlite"], indirect=True)
+@ONE_STORE
 def test_platform_import_reads_nothing_after_a_closed_json_array(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "two-arrays.json"
     path.write_text(json.dumps([dict(zip(("platform", "appid", "secret"), ROWS[0], strict=True))]) + "\n"
@@ -366,7 +376,7 @@ def test_platform_import_reads_nothing_after_a_closed_json_array(cli: Cli, tmp_p
     assert cli.credentials() == []
 
 
-@pytest.mark.parametrize("cli", ["sqlite"], indirect=True)
+@ONE_STORE
 def test_platform_import_names_the_line_of_text_that_is_not_utf8(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "latin1.csv"
     path.write_bytes(b"platform,appid,secret\nwechat,imp_1,sec-one\nwechat,imp_2,s\xe9c\n")
@@ -392,12 +402,14 @@ def test_token_get_prints_the_platform_token_and_refresh_prints_a_new_one(cli: C
     assert cli.ok("token", "get", "wechat", APP).strip() == refreshed
 
 
+@ONE_STORE
 def test_token_get_for_an_appid_without_credential_is_one_error_line(cli: Cli, wechat: FakeWeChat) -> None:
     error = cli.fails("token", "get", "wechat", "wx_nobody")
     assert "wx_nobody" in error and "platform add" in error
     assert wechat.count() == 0
 
 
+@ONE_STORE
 def test_token_errors_from_the_platform_are_one_line_without_the_secret(cli: Cli, wechat: FakeWeChat) -> None:
     cli.ok("platform", "add", "wechat", "wx_not_on_wechat", "--secret", "secret-of-nobody")
     assert "40013" in cli.fails("token", "get", "wechat", "wx_not_on_wechat", hidden=["secret-of-nobody"])
@@ -434,6 +446,7 @@ def test_scheduler_tick_refreshes_missing_and_due_tokens_only(cli: Cli, wechat: 
     assert float(expires_at) > soon + 3600
 
 
+@ONE_STORE
 def test_scheduler_tick_reports_a_failed_credential_and_exits_non_zero(cli: Cli, wechat: FakeWeChat) -> None:
     cli.ok("platform", "add", "wechat", APP, "--secret", SECRET)
     cli.ok("platform", "add", "wechat", "wx_not_on_wechat", "--secret", "secret-of-nobody")
@@ -445,6 +458,7 @@ def test_scheduler_tick_reports_a_failed_credential_and_exits_non_zero(cli: Cli,
     assert wechat.is_valid(cli.decrypt(cli.sql("SELECT value FROM token WHERE appid = ?", (APP,))[0][0]))
 
 
+@ONE_STORE
 def test_control_characters_from_a_platform_are_escaped_in_cli_output(cli: Cli, wechat: FakeWeChat) -> None:
     # A platform (or a proxy in front of it) answers an errmsg that would
     # retitle, clear and reorder the operator's terminal.
