@@ -97,6 +97,12 @@ class Unavailable(PighandError):
             self.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
 
 
+class AwaitingTicket(Unavailable):
+    """No valid pushed ticket yet (pushed-credential platforms): the app's
+    token cannot be made until the platform's next push. A state the app
+    leaves by itself, not a failure of the service."""
+
+
 class UpstreamError(PighandError):
     """The platform refused or failed the call.
 

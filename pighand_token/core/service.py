@@ -29,6 +29,7 @@ from typing import TypeVar
 
 from .domain import Cooldown, Credential, Token, TokenKey, valid_appid
 from .errors import (
+    AwaitingTicket,
     BadRequest,
     NotFound,
     PighandError,
@@ -401,6 +402,11 @@ class TokenService:
             try:
                 self._locked(key, work)
                 report.refreshed.append(key)
+            except AwaitingTicket as exc:
+                # Counted (the tick's report names it), but not an error to
+                # alert on at every tick: the platform's push ends it.
+                report.failed[key] = exc
+                log.warning("scheduled refresh of %s waits for a pushed ticket: %s", key, exc.message)
             except PighandError as exc:
                 report.failed[key] = exc
                 log.error("scheduled refresh of %s failed: %s", key, exc.message)

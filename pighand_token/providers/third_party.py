@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..core.domain import PushedTicket
-from ..core.errors import BadRequest, Unavailable, UpstreamError
+from ..core.errors import AwaitingTicket, BadRequest, Unavailable, UpstreamError
 from ..core.ports import AccountGrants, Clock, Locks, TicketStore
 from .callback_crypto import MessageCrypto
 
@@ -103,10 +103,6 @@ def check_app_secrets(platform: str, appid: str, stored: str) -> None:
         secrets.crypto(appid)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-
-
-class AwaitingTicket(Unavailable):
-    """No valid pushed ticket yet: the app's token cannot be made."""
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,15 @@ from pighand_token.adapters.memory import (
     MemoryTokenStore,
 )
 from pighand_token.core.domain import Credential, Token, TokenKey
-from pighand_token.core.errors import BadRequest, Unavailable, UnknownApp, UnknownPlatform, UpstreamError
+from pighand_token.core.errors import (
+    AwaitingTicket,
+    BadRequest,
+    PighandError,
+    Unavailable,
+    UnknownApp,
+    UnknownPlatform,
+    UpstreamError,
+)
 from pighand_token.core.service import Policy, TokenService
 
 KEY = TokenKey("wechat", "wx1")
@@ -69,7 +78,7 @@ class FakeProvider:
     # "same" returns the current one while valid (stable, without force).
     rule: str = "new"
     calls: list[str | None] = field(default_factory=list)
-    failures: list[UpstreamError] = field(default_factory=list)
+    failures: list[PighandError] = field(default_factory=list)
     delay_s: float = 0.0
     _current: Token | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -322,6 +331,23 @@ def test_scheduler_reports_failures_and_keeps_going(service: TokenService, provi
     provider.failures = [UpstreamError("wechat", "invalid appsecret", errcode=40125)]
     report = service.refresh_due()
     assert KEY in report.failed and report.failed[KEY].status == 502
+
+
+def test_scheduler_counts_an_app_awaiting_its_ticket_without_an_error_line(
+        service: TokenService, provider: FakeProvider, caplog: pytest.LogCaptureFixture) -> None:
+    provider.failures = [AwaitingTicket("wechat wx_app: waiting for the platform to push a ticket")]
+    with caplog.at_level(logging.INFO, logger="pighand_token.core.service"):
+        report = service.refresh_due()
+    assert KEY in report.failed and report.failed[KEY].status == 503
+    lines = [r for r in caplog.records if str(KEY) in r.getMessage()]
+    assert [r.levelno for r in lines] == [logging.WARNING], [r.getMessage() for r in lines]
+    assert "waits for a pushed ticket" in lines[0].getMessage()
+    # Any other failure still is one.
+    provider.failures = [UpstreamError("wechat", "system busy", errcode=-1, retryable=False)]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pighand_token.core.service"):
+        service.refresh_due()
+    assert logging.ERROR in [r.levelno for r in caplog.records if str(KEY) in r.getMessage()]
 
 
 def test_shared_store_down_serves_from_memory(service: TokenService, shared: SharedStore,
