@@ -6,22 +6,18 @@ loses everything losing no ticket and no permanent code."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
-from pighand_token.app import create_app
-from tests.conftest import Server, require_binary
+from tests.conftest import require_binary
+from tests.e2e.isv_cluster import Deployment, Family, flushall
 from tests.e2e.test_coherence import private_redis  # noqa: F401 - a fixture
-from tests.e2e.test_workers import envelope, seed
+from tests.e2e.test_workers import envelope
 from tests.fakes.wecom_suite import CORP, CORP_TOKEN_PATH, PERMANENT_CODE_PATH, SUITE_TOKEN_PATH, FakeWeComSuite
 from tests.integration.test_wecom_isv import (
     AES_KEY,
@@ -34,42 +30,9 @@ from tests.integration.test_wecom_isv import (
     suite_secret,
 )
 
-PATH = f"/token/wecom_corp/{CORP_APPID}"
-# 30 s: a worker that drops the corp's token within 5 s did so because it
-# was told, not because its memory ran out.
-COMMON: dict[str, Any] = {"is_enable_schedule": False, "local_cache_ttl": 30, "log_level": "info"}
+WECOM = Family(api_base="wecom_api_base", platform="wecom_suite", key=SUITE_ID, secret=suite_secret(),
+               path=f"/token/wecom_corp/{CORP_APPID}")
 
-
-@dataclass
-class Deployment:
-    fake: FakeWeComSuite
-    settings: dict[str, Any]
-    servers: list[Server]
-
-    @property
-    def urls(self) -> list[str]:
-        return [s.base_url for s in self.servers]
-
-    def logs(self) -> str:
-        return "\n".join(s.log()[-3000:] for s in self.servers)
-
-    def install(self) -> None:
-        assert self.fake.push_ticket(SUITE_ID).ok, self.logs()
-        assert self.fake.authorize(SUITE_ID, CORPID).ok, self.logs()
-
-    def service(self) -> Any:
-        app = create_app(overrides={**self.settings, "wecom_api_base": self.fake.base_url,
-                                    "is_enable_schedule": False, "auth_required": False})
-        return app.extensions["pighand"].service
-
-    def fresh_gets(self, pool: ThreadPoolExecutor, count: int) -> list[tuple[str, str, int]]:
-        """(instance, worker, status) of ``count`` GETs at once per instance,
-        each on its own connection; the worker is told apart by its request ids."""
-        def one(url: str) -> tuple[str, str, int]:
-            answer = requests.get(url + PATH, timeout=10, headers={"Connection": "close"})
-            return url, answer.headers["X-Request-Id"][:12], answer.status_code
-
-        return list(pool.map(one, [url for url in self.urls for _ in range(count)]))
 
 
 @pytest.fixture
@@ -79,61 +42,33 @@ def fake() -> Iterator[FakeWeComSuite]:
         yield platform
 
 
-def start(stack: ExitStack, fake: FakeWeComSuite, settings: dict[str, Any], tmp_path: Path) -> list[Server]:
-    servers = [stack.enter_context(Server(tmp_path, workers=2, wecom_api_base=fake.base_url, **COMMON, **settings))
-               for _ in range(2)]
-    fake.set_callback_url(SUITE_ID, f"{servers[0].base_url}/callback/wecom_suite/{SUITE_ID}")
-    return servers
-
-
 @pytest.fixture
 def deployment(fake: FakeWeComSuite, tmp_path: Path, private_redis: dict[str, Any]  # noqa: F811
-               ) -> Iterator[Deployment]:
-    settings = {"sqlite_path": str(tmp_path / "pighand.sqlite3"), "redis_host": "127.0.0.1",
-                "redis_port": private_redis["port"]}
-    seed(settings, ("wecom_suite", SUITE_ID, suite_secret()))
-    with ExitStack() as stack:
-        yield Deployment(fake, settings, start(stack, fake, settings, tmp_path))
+               ) -> Iterator[Deployment[FakeWeComSuite]]:
+    yield from WECOM.deployed(fake, tmp_path, private_redis)
 
 
 def test_200_cold_gets_for_one_corp_over_two_instances_make_one_get_corp_token_call(
-        deployment: Deployment) -> None:
+        deployment: Deployment[FakeWeComSuite]) -> None:
     fake = deployment.fake
-    deployment.install()
+    deployment.onboard(lambda: fake.authorize(SUITE_ID, CORPID))
     # The token the install came with is dropped everywhere (as at its
     # expiry): the permanent code is all that is left.
-    deployment.service().forget("wecom_corp", CORP_APPID)
+    deployment.container().service.forget("wecom_corp", CORP_APPID)
     time.sleep(0.5)
     fake.clear_calls()
     fake.delay(0.3)  # a slow platform widens the race
-    with ThreadPoolExecutor(64) as pool:
-        answers = list(pool.map(lambda i: requests.get(deployment.urls[i % 2] + PATH, timeout=30), range(200)))
-    assert [a.status_code for a in answers] == [200] * 200, deployment.logs()
-    tokens = {envelope(a)["data"] for a in answers}
-    assert len(tokens) == 1 and fake.is_valid(tokens.pop())
+    answers = deployment.cold_gets(200)
+    assert fake.is_valid(deployment.one_token(answers))
     assert fake.count(CORP_TOKEN_PATH) == 1, deployment.logs()
     assert fake.count(SUITE_TOKEN_PATH) == 0  # the suite token was still good
 
 
-def test_cancel_auth_is_404_on_every_worker_of_both_instances_within_5_s(deployment: Deployment) -> None:
+def test_cancel_auth_is_404_on_every_worker_of_both_instances_within_5_s(
+        deployment: Deployment[FakeWeComSuite]) -> None:
     fake = deployment.fake
-    deployment.install()
-    with ThreadPoolExecutor(24) as pool:
-        warm = deployment.fresh_gets(pool, 12)
-        assert {status for _, _, status in warm} == {200}, deployment.logs()
-        assert fake.cancel_auth(SUITE_ID, CORPID).ok, deployment.logs()
-        cancelled_at = time.monotonic()
-        while True:
-            answers = deployment.fresh_gets(pool, 12)
-            if {status for _, _, status in answers} == {404}:
-                break
-            assert time.monotonic() - cancelled_at < 5, answers
-        took = time.monotonic() - cancelled_at
-        workers: dict[str, set[str]] = {url: set() for url in deployment.urls}
-        for _ in range(3):
-            for url, worker, status in deployment.fresh_gets(pool, 12):
-                assert status == 404
-                workers[url].add(worker)
+    deployment.onboard(lambda: fake.authorize(SUITE_ID, CORPID))
+    took, workers = deployment.withdraw(lambda: fake.cancel_auth(SUITE_ID, CORPID))
     assert took < 5
     assert all(len(seen) == 2 for seen in workers.values()), workers
     assert fake.count(CORP_TOKEN_PATH) == 0  # 404 before any platform call
@@ -142,24 +77,19 @@ def test_cancel_auth_is_404_on_every_worker_of_both_instances_within_5_s(deploym
 def test_redis_flushall_loses_no_ticket_and_no_permanent_code(
         fake: FakeWeComSuite, tmp_path: Path, private_redis: dict[str, Any]) -> None:  # noqa: F811
     redis_cli = require_binary("redis-cli", "redis-tools")
-    settings = {"sqlite_path": str(tmp_path / "pighand.sqlite3"), "redis_host": "127.0.0.1",
-                "redis_port": private_redis["port"]}
-    seed(settings, ("wecom_suite", SUITE_ID, suite_secret()))
+    settings = WECOM.settings(tmp_path, private_redis)
     with ExitStack() as stack:
-        deployment = Deployment(fake, settings, start(stack, fake, settings, tmp_path))
-        deployment.install()
-        before = envelope(requests.get(deployment.urls[1] + PATH, timeout=10))["data"]
+        deployment = WECOM.deploy(stack, fake, settings, tmp_path)
+        deployment.onboard(lambda: fake.authorize(SUITE_ID, CORPID))
+        before = envelope(deployment.get(1))["data"]
         assert before == fake.current_token(CORP, CORP_OWNER)
-    flushed = subprocess.run([redis_cli, "-p", str(private_redis["port"]), "FLUSHALL"], capture_output=True,
-                             text=True, timeout=10)
-    assert flushed.returncode == 0 and flushed.stdout.strip() == "OK", flushed
+    flushall(redis_cli, private_redis)
     fake.invalidate(before)  # and the corp's token died meanwhile: a new one must be made
     with ExitStack() as stack:  # new workers: nothing in memory either
-        deployment = Deployment(fake, settings, start(stack, fake, settings, tmp_path))
-        answers = [requests.get(url + PATH, timeout=15) for url in deployment.urls]
-        assert [a.status_code for a in answers] == [200, 200], deployment.logs()
-        after = {envelope(a)["data"] for a in answers}
-        assert len(after) == 1 and before not in after and fake.is_valid(after.pop())
+        deployment = WECOM.deploy(stack, fake, settings, tmp_path)
+        answers = deployment.one_get_each()
+        after = deployment.one_token(answers)
+        assert after != before and fake.is_valid(after)
     # No new install: the suite token was made again from the ticket in SQL,
     # the corp token from the permanent code in SQL.
     assert fake.count(PERMANENT_CODE_PATH) == 1
@@ -171,20 +101,10 @@ def test_the_scheduler_refreshes_corp_tokens_once_per_tick(
         fake: FakeWeComSuite, tmp_path: Path, private_redis: dict[str, Any]) -> None:  # noqa: F811
     # 8 s tokens and 2 s ticks: a token is due from 4 s before it dies.
     fake.token_life_s = 8
-    settings = {"sqlite_path": str(tmp_path / "pighand.sqlite3"), "redis_host": "127.0.0.1",
-                "redis_port": private_redis["port"]}
-    seed(settings, ("wecom_suite", SUITE_ID, suite_secret()))
-    with Server(tmp_path, workers=2, wecom_api_base=fake.base_url, is_enable_schedule=True, corn_interval=2,
-                **settings) as server:
-        fake.set_callback_url(SUITE_ID, f"{server.base_url}/callback/wecom_suite/{SUITE_ID}")
-        Deployment(fake, settings, [server]).install()
+    settings = WECOM.settings(tmp_path, private_redis)
+    with WECOM.scheduled(fake, settings, tmp_path) as deployment:
+        deployment.onboard(lambda: fake.authorize(SUITE_ID, CORPID))
         installed = fake.current_token(CORP, CORP_OWNER)
-        time.sleep(9)  # no requests: every get_corp_token call is the scheduler's
-        times = [c["time"] for c in fake.find(CORP_TOKEN_PATH)]
-        assert times, server.log()
-        # One worker per tick (two acting alone would call twice per tick).
-        assert all(b - a > 1.5 for a, b in zip(times, times[1:], strict=False)), (times, server.log())
-        answer = requests.get(server.base_url + PATH, timeout=10)
-        assert answer.status_code == 200, server.log()
-        token = envelope(answer)["data"]
+        deployment.scheduled_calls(CORP_TOKEN_PATH, at_least=1)  # every get_corp_token call
+        token = deployment.token()
         assert fake.is_valid(token) and token != installed  # the installed one died at 8 s

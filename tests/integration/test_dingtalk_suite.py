@@ -19,9 +19,10 @@ from dingtalk.crypto import DingTalkCrypto
 from pighand_token.app import create_app
 from pighand_token.core.domain import PushedTicket, TokenKey
 from pighand_token.providers.third_party import AppSecrets
-from tests.conftest import Server, clean_env, run_cli, storage_overrides
-from tests.e2e.test_workers import envelope, seed
+from tests.conftest import clean_env, run_cli, storage_overrides
+from tests.e2e.test_workers import envelope
 from tests.fakes.dingtalk_suite import CORP, CORP_TOKEN_PATH, SUITE, SUITE_TOKEN_PATH, FakeDingTalkSuite
+from tests.integration.isv_hub import Hub, sqlite_settings
 
 SUITE_KEY = "suitekey0000000001"
 SUITE_SECRET = "suite-S3cr3t-0001-dingtalk"
@@ -42,22 +43,8 @@ def suite_secret(secret: str = SUITE_SECRET, token: str = CB_TOKEN, key: str = A
 
 
 @dataclass
-class Running:
-    fake: FakeDingTalkSuite
-    server: Server
-    settings: dict[str, Any]
-
-    def url(self, path: str) -> str:
-        return self.server.base_url + path
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return requests.get(self.url(path), timeout=15, **kwargs)
-
-    def container(self) -> Any:
-        """The service's stores, as an in-process app on the same settings sees them."""
-        app = create_app(overrides={**self.settings, "dingtalk_api_base": self.fake.base_url,
-                                    "is_enable_schedule": False, "auth_required": False})
-        return app.extensions["pighand"]
+class Running(Hub[FakeDingTalkSuite]):
+    api_base = "dingtalk_api_base"
 
     def grants(self) -> list[Any]:
         return self.container().callbacks.grants.list("dingtalk_corp", SUITE_KEY)
@@ -82,11 +69,6 @@ class Running:
             values += self.fake._tickets.get(suite_key, [])
         return values
 
-    def assert_no_secret_in_log(self) -> None:
-        text = self.server.log()
-        leaked = [s[:6] + "..." for s in self.secrets() if s in text]
-        assert not leaked, leaked
-
 
 @pytest.fixture
 def fake() -> Iterator[FakeDingTalkSuite]:
@@ -98,12 +80,9 @@ def fake() -> Iterator[FakeDingTalkSuite]:
 
 @pytest.fixture
 def running(fake: FakeDingTalkSuite, tmp_path: Path) -> Iterator[Running]:
-    settings: dict[str, Any] = {"sqlite_path": str(tmp_path / "pighand.sqlite3")}
-    seed(settings, ("dingtalk_suite", SUITE_KEY, suite_secret()))
-    with Server(tmp_path, workers=1, dingtalk_api_base=fake.base_url, is_enable_schedule=False, log_level="debug",
-                **settings) as server:
-        fake.set_callback_url(SUITE_KEY, server.base_url + CALLBACK)
-        yield Running(fake, server, settings)
+    settings = sqlite_settings(tmp_path, ("dingtalk_suite", SUITE_KEY, suite_secret()))
+    with Running.serve(fake, tmp_path, settings, {SUITE_KEY: CALLBACK}, log_level="debug") as running:
+        yield running
 
 
 # -- the callback URL ----------------------------------------------------------------
@@ -412,10 +391,7 @@ def test_cli_adds_a_suite_and_lists_its_corps_without_tokens(fake: FakeDingTalkS
     assert wrong_option.returncode != 0 and "--aes-key" in wrong_option.stderr
     corp = run_cli("platform", "add", "dingtalk_corp", CORP_APPID, "--secret", "x", env=env)
     assert corp.returncode != 0 and "add the suite" in corp.stderr
-    with Server(tmp_path, workers=1, dingtalk_api_base=fake.base_url, is_enable_schedule=False,
-                **settings) as server:
-        fake.set_callback_url(SUITE_KEY, server.base_url + CALLBACK)
-        running = Running(fake, server, settings)
+    with Running.serve(fake, tmp_path, settings, {SUITE_KEY: CALLBACK}) as running:
         running.authorize()
         assert running.get(f"/token/dingtalk_corp/{CORP_APPID}").status_code == 200
         listing = run_cli("dingtalk", "corps", SUITE_KEY, env=env)

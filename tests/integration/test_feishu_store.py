@@ -22,8 +22,8 @@ from lark_oapi.event.custom import CustomizedEvent
 
 from pighand_token.app import create_app
 from pighand_token.providers.feishu_store import StoreSecrets
-from tests.conftest import Server, clean_env, run_cli
-from tests.e2e.test_workers import envelope, seed
+from tests.conftest import clean_env, run_cli
+from tests.e2e.test_workers import envelope
 from tests.fakes.feishu import APP, TENANT
 from tests.fakes.feishu_store import (
     APP_TOKEN_PATH,
@@ -32,6 +32,7 @@ from tests.fakes.feishu_store import (
     Delivery,
     FakeFeishuStore,
 )
+from tests.integration.isv_hub import Hub, sqlite_settings
 
 APP_ID = "cli_store0000000001"
 SECRET = "store-S3cr3t-0001-xyz"
@@ -52,18 +53,8 @@ def store_secret(secret: str = SECRET, encrypt_key: str = ENCRYPT_KEY, token: st
 
 
 @dataclass
-class Running:
-    fake: FakeFeishuStore
-    server: Server
-    settings: dict[str, Any]
-
-    def get(self, path: str) -> requests.Response:
-        return requests.get(self.server.base_url + path, timeout=15)
-
-    def container(self) -> Any:
-        app = create_app(overrides={**self.settings, "feishu_api_base": self.fake.base_url,
-                                    "is_enable_schedule": False, "auth_required": False})
-        return app.extensions["pighand"]
+class Running(Hub[FakeFeishuStore]):
+    api_base = "feishu_api_base"
 
     def tickets(self, app_id: str = APP_ID) -> Any:
         return self.container().callbacks.tickets.latest("feishu_store", app_id)
@@ -77,11 +68,6 @@ class Running:
             values += [value for value, _ in app.tickets]
         return values
 
-    def assert_no_secret_in_log(self) -> None:
-        text = self.server.log()
-        leaked = [s[:6] + "..." for s in self.secrets() if s in text]
-        assert not leaked, leaked
-
 
 @pytest.fixture
 def fake() -> Iterator[FakeFeishuStore]:
@@ -94,17 +80,15 @@ def fake() -> Iterator[FakeFeishuStore]:
 
 @pytest.fixture
 def running(fake: FakeFeishuStore, tmp_path: Path) -> Iterator[Running]:
-    settings: dict[str, Any] = {"sqlite_path": str(tmp_path / "pighand.sqlite3")}
-    seed(settings, ("feishu_store", APP_ID, store_secret()),
-         ("feishu_store", PLAIN_APP, store_secret(PLAIN_SECRET, "", PLAIN_VTOKEN)),
-         ("lark_store", LARK_APP, store_secret(LARK_SECRET)))
+    settings = sqlite_settings(tmp_path, ("feishu_store", APP_ID, store_secret()),
+                               ("feishu_store", PLAIN_APP, store_secret(PLAIN_SECRET, "", PLAIN_VTOKEN)),
+                               ("lark_store", LARK_APP, store_secret(LARK_SECRET)))
+    callbacks = {APP_ID: f"/callback/feishu_store/{APP_ID}", PLAIN_APP: f"/callback/feishu_store/{PLAIN_APP}",
+                 LARK_APP: f"/callback/lark_store/{LARK_APP}"}
     # Lark is another host serving the same paths: here the same fake.
-    with Server(tmp_path, workers=1, feishu_api_base=fake.base_url, lark_api_base=fake.base_url,
-                is_enable_schedule=False, log_level="debug", **settings) as server:
-        fake.set_callback_url(APP_ID, f"{server.base_url}/callback/feishu_store/{APP_ID}")
-        fake.set_callback_url(PLAIN_APP, f"{server.base_url}/callback/feishu_store/{PLAIN_APP}")
-        fake.set_callback_url(LARK_APP, f"{server.base_url}/callback/lark_store/{LARK_APP}")
-        yield Running(fake, server, settings)
+    with Running.serve(fake, tmp_path, settings, callbacks, lark_api_base=fake.base_url,
+                       log_level="debug") as running:
+        yield running
 
 
 def sdk_handler(encrypt_key: str, token: str, seen: list[CustomizedEvent]) -> Any:

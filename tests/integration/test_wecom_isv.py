@@ -20,7 +20,7 @@ from pighand_token.app import create_app
 from pighand_token.core.auth import hash_key, new_key
 from pighand_token.core.domain import Client, Credential, TokenKey
 from pighand_token.providers.third_party import AppSecrets
-from tests.conftest import Server, clean_env, run_cli
+from tests.conftest import clean_env, run_cli
 from tests.e2e.test_workers import envelope, seed
 from tests.fakes.wecom_suite import (
     CORP,
@@ -33,6 +33,7 @@ from tests.fakes.wecom_suite import (
     SUITE_TOKEN_PATH,
     FakeWeComSuite,
 )
+from tests.integration.isv_hub import Hub, sqlite_settings
 
 SUITE_ID = "wwsuite0000000001"
 SUITE_SECRET = "suite-S3cr3t-0001-xyz"
@@ -47,6 +48,7 @@ PROVIDER_SECRET = "provider-S3cr3t-xyz"
 CORPID = "wwcorp0000000001"
 CORP_APPID = f"{SUITE_ID}:{CORPID}"
 CORP_OWNER = f"{SUITE_ID}:{CORPID}"  # the fake's owner of the corp's tokens
+CALLBACK = f"/callback/wecom_suite/{SUITE_ID}"
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
 <!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
@@ -59,22 +61,8 @@ def suite_secret(secret: str = SUITE_SECRET, token: str = CB_TOKEN, key: str = A
 
 
 @dataclass
-class Running:
-    fake: FakeWeComSuite
-    server: Server
-    settings: dict[str, Any]
-
-    def url(self, path: str) -> str:
-        return self.server.base_url + path
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return requests.get(self.url(path), timeout=15, **kwargs)
-
-    def container(self) -> Any:
-        """The service's stores, as an in-process app on the same settings sees them."""
-        app = create_app(overrides={**self.settings, "wecom_api_base": self.fake.base_url,
-                                    "is_enable_schedule": False, "auth_required": False})
-        return app.extensions["pighand"]
+class Running(Hub[FakeWeComSuite]):
+    api_base = "wecom_api_base"
 
     def install(self) -> None:
         """A ticket, then a corp installs the suite (create_auth pushed)."""
@@ -92,11 +80,6 @@ class Running:
         values += [d.message["AuthCode"] for d in self.fake.deliveries if "AuthCode" in d.message]
         return values
 
-    def assert_no_secret_in_log(self) -> None:
-        text = self.server.log()
-        leaked = [s[:6] + "..." for s in self.secrets() if s in text]
-        assert not leaked, leaked
-
 
 @pytest.fixture
 def fake() -> Iterator[FakeWeComSuite]:
@@ -109,12 +92,10 @@ def fake() -> Iterator[FakeWeComSuite]:
 
 @pytest.fixture
 def running(fake: FakeWeComSuite, tmp_path: Path) -> Iterator[Running]:
-    settings: dict[str, Any] = {"sqlite_path": str(tmp_path / "pighand.sqlite3")}
-    seed(settings, ("wecom_suite", SUITE_ID, suite_secret()), ("wecom_provider", PROVIDER_CORPID, PROVIDER_SECRET))
-    with Server(tmp_path, workers=1, wecom_api_base=fake.base_url, is_enable_schedule=False, log_level="debug",
-                **settings) as server:
-        fake.set_callback_url(SUITE_ID, f"{server.base_url}/callback/wecom_suite/{SUITE_ID}")
-        yield Running(fake, server, settings)
+    settings = sqlite_settings(tmp_path, ("wecom_suite", SUITE_ID, suite_secret()),
+                               ("wecom_provider", PROVIDER_CORPID, PROVIDER_SECRET))
+    with Running.serve(fake, tmp_path, settings, {SUITE_ID: CALLBACK}, log_level="debug") as running:
+        yield running
 
 
 # -- the callback URL ----------------------------------------------------------------
@@ -369,9 +350,7 @@ def test_cli_adds_a_suite_and_lists_its_corps_without_tokens_or_codes(fake: Fake
     bad = run_cli("platform", "add", "wecom_suite", OTHER_ID, "--secret", OTHER_SECRET, "--callback-token",
                   OTHER_TOKEN, "--encoding-aes-key", "short", env=env)
     assert bad.returncode != 0 and "43 characters" in bad.stderr + bad.stdout
-    with Server(tmp_path, workers=1, wecom_api_base=fake.base_url, is_enable_schedule=False, **settings) as server:
-        fake.set_callback_url(SUITE_ID, f"{server.base_url}/callback/wecom_suite/{SUITE_ID}")
-        running = Running(fake, server, settings)
+    with Running.serve(fake, tmp_path, settings, {SUITE_ID: CALLBACK}) as running:
         running.install()
         assert running.get(f"/token/wecom_corp/{CORP_APPID}").status_code == 200
         listing = run_cli("wecom", "corps", SUITE_ID, env=env)
@@ -408,10 +387,7 @@ def test_scopes_cover_corps_and_the_install_routes_need_the_suite(fake: FakeWeCo
         app.extensions["pighand"].clients.repo.add(Client(scope.replace(":", "-").replace("*", "all"),
                                                           hash_key(key), (scope,), time.time()))
         keys[scope] = {"X-API-Key": key}
-    with Server(tmp_path, workers=1, wecom_api_base=fake.base_url, is_enable_schedule=False, auth_required=True,
-                **settings) as server:
-        fake.set_callback_url(SUITE_ID, f"{server.base_url}/callback/wecom_suite/{SUITE_ID}")
-        running = Running(fake, server, settings)
+    with Running.serve(fake, tmp_path, settings, {SUITE_ID: CALLBACK}, auth_required=True) as running:
         running.install()  # the callback takes no key
         expected = {f"wecom_corp:{CORP_APPID}": (200, 403), "wecom_corp:*": (200, 403), "*": (200, 200),
                     f"wecom_suite:{SUITE_ID}": (403, 200), f"wecom_corp:{SUITE_ID}:wwsomeoneelse0001": (403, 403)}
