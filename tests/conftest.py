@@ -589,8 +589,10 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                # A new connection each time: the kernel hands each to one of the workers.
-                answer = requests.get(self.base_url + "/healthz", timeout=5)
+                # A new connection each time, which the server closes: the
+                # kernel hands each to one of the workers, and none is left
+                # open for a test counting the server's connections.
+                answer = requests.get(self.base_url + "/healthz", timeout=5, headers={"Connection": "close"})
                 seen.add(answer.headers.get("X-Request-Id", "")[:12])
                 if self.booted(seen):
                     return self
