@@ -11,6 +11,7 @@ worker).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import multiprocessing
@@ -104,26 +105,31 @@ def check_bind(settings: Settings) -> None:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """SettingsError when something already listens on ``host:port``.
+    """SettingsError when ``host:port`` cannot be listened on, above all
+    when something already listens there.
 
     granian listens with SO_REUSEPORT: a second server on a port held by
     another one (an old instance still running, another service of the same
     user) would start without a word and the kernel would split the callers
     between the two. A plain bind fails with EADDRINUSE in that case."""
     host = host.strip("[]")
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                              flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as exc:
         raise SettingsError(f"host={host!r} is invalid: {exc.strerror}") from None
-    with socket.socket(family, kind, proto) as probe:
-        # A port whose last connections are in TIME_WAIT is free to listen on.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            # A port whose last connections are in TIME_WAIT is free to listen on.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
-        except OSError as exc:
-            raise SettingsError(f"port={port} is invalid: {host}:{port} is already in use ({exc.strerror}); "
-                                "stop what listens there or choose another port") from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise SettingsError(f"port={port} is invalid: {where} is already in use; stop what listens there "
+                                "or choose another port") from None
+        raise SettingsError(f"host={host!r} / port={port} are invalid: cannot listen on {where} "
+                            f"({exc.strerror})") from None
 
 
 def check_stored_secrets(settings: Settings) -> None:

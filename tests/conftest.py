@@ -28,7 +28,7 @@ from pighand_token.app import create_app
 from tests.fakes.wechat import FakeWeChat
 
 ROOT = Path(__file__).resolve().parent.parent
-PYCACHE = Path(tempfile.gettempdir()) / "pighand-token-tests-pycache"
+PYCACHE = Path(tempfile.gettempdir()) / f"pighand-token-tests-pycache-{os.getuid()}"
 
 # CI replays the same generated examples on every run, so a submission's
 # result does not depend on the draw; elsewhere each run explores new ones.
@@ -521,13 +521,15 @@ class HttpClient:
 # same port (granian listens with SO_REUSEPORT: two servers on one port would
 # both start and split the callers). Within the block, ports go round in
 # turn from a start of this run's own.
-_PORTS_FROM, _PORTS_PER_WORKER, _PORT_WORKERS = 16000, 2000, 8
+_PORTS_FROM, _PORTS_TO = 16000, 32000
+_WORKERS = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+_PORTS_PER_WORKER = (_PORTS_TO - _PORTS_FROM) // _WORKERS
 _next_port = [os.getpid() % _PORTS_PER_WORKER]
 
 
 def free_port() -> int:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    block = _PORTS_FROM + (int(worker) if worker.isdigit() else 0) % _PORT_WORKERS * _PORTS_PER_WORKER
+    block = _PORTS_FROM + (int(worker) if worker.isdigit() else 0) % _WORKERS * _PORTS_PER_WORKER
     for _ in range(_PORTS_PER_WORKER):
         port = block + _next_port[0] % _PORTS_PER_WORKER
         _next_port[0] += 1

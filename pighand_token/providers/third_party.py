@@ -142,7 +142,11 @@ class TicketWait:
         app waits for the next push (a newer one stored meanwhile stays)."""
         if self.tickets is None:
             return False
-        return self.tickets.retire(ticket.platform, ticket.appid, ticket.created_at, self.clock())
+        # Ended at its push time where that is earlier than this clock: an
+        # instance whose clock runs behind this one's sees it ended too
+        # (created_at is the platform's time, which may run ahead of ours).
+        retired_at = min(ticket.created_at, self.clock())
+        return self.tickets.retire(ticket.platform, ticket.appid, ticket.created_at, retired_at)
 
     def newer(self, ticket: PushedTicket) -> PushedTicket | None:
         """A valid ticket pushed after ``ticket`` (one the platform refused
