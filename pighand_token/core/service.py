@@ -402,14 +402,13 @@ class TokenService:
             try:
                 self._locked(key, work)
                 report.refreshed.append(key)
-            except AwaitingTicket as exc:
-                # Counted (the tick's report names it), but not an error to
-                # alert on at every tick: the platform's push ends it.
-                report.failed[key] = exc
-                log.warning("scheduled refresh of %s waits for a pushed ticket: %s", key, exc.message)
             except PighandError as exc:
                 report.failed[key] = exc
-                log.error("scheduled refresh of %s failed: %s", key, exc.message)
+                if isinstance(exc, AwaitingTicket):
+                    # Not an error to alert on at every tick: the platform's push ends it.
+                    log.warning("scheduled refresh of %s waits for a pushed ticket: %s", key, exc.message)
+                else:
+                    log.error("scheduled refresh of %s failed: %s", key, exc.message)
         return report
 
     def _spend_refresh_budget(self, caller: str, key: TokenKey) -> None:
